@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny local model, Ray + TransferQueue on a 2-core machine, the shared benchmark data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = REPO_ROOT.parent / "shared" / "data" / "six_benchmarks.parquet"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2 causal LM + BPE tokenizer with a ChatML chat template, built locally (about 3 s)."""
+    from verl_ext.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(scope="session")
+def six_benchmarks_path() -> Path:
+    """The shared six-benchmark parquet (real problems); tests that need it skip only if shared/ is absent."""
+    if not SHARED_BENCHMARKS.exists():
+        pytest.skip(f"{SHARED_BENCHMARKS} not present (shared/ lies beside the repository)")
+    return SHARED_BENCHMARKS
+
+
+@pytest.fixture(scope="module")
+def ray_tq():
+    """Ray with enough logical CPUs for TransferQueue on a 2-core machine, plus TransferQueue; torn down after.
+
+    TransferQueue waits for its storage actors, which need logical CPUs: with Ray's default (= cores) it hangs.
+    """
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    ray.init(num_cpus=16, num_gpus=0, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    try:
+        yield tq
+    finally:
+        tq.close()
+        ray.shutdown()
