@@ -1,0 +1,419 @@
+"""LTE's decisions, as pure functions: no verl, no torch.
+
+Read top to bottom, this is the method (arXiv 2510.26109, steps 2-5 of docs/method.md):
+
+1. ``classify_group``: a scored group of G rollouts is all-pass, some-pass or none-pass.
+2. ``classify_truncation``: a none-pass group is further all / some / none truncated.
+3. ``plan_hint``: what to tell the model -- ``concise`` (all truncated), ``concise_hint`` (some truncated:
+   the wrong answers of the NON-truncated failures + "be concise") or ``hint`` (none truncated: the wrong
+   answers, "do not give them again").
+4. ``render_hinted_messages``: the hinted chat, from templates held in config.
+5. ``choose_replacements``: which failed originals the correct extra responses replace (seeded, capped).
+6. ``step_metrics``: what a step did, from the per-row LTE info the rollout stage writes.
+
+The verl glue (``agent_loop.py``, ``trainer.py``) calls these and nothing else decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+# ---------------------------------------------------------------------------------------------------------
+# Names and codes. Per-row LTE info travels through verl's TransferQueue as numbers, so every category has a
+# stable integer code.
+# ---------------------------------------------------------------------------------------------------------
+
+MODES = ("grpo", "grpo_extra", "lte")
+
+ALL_PASS, SOME_PASS, NONE_PASS = "all_pass", "some_pass", "none_pass"
+GROUP_CLASSES = (ALL_PASS, SOME_PASS, NONE_PASS)
+
+ALL_TRUNCATED, SOME_TRUNCATED, NONE_TRUNCATED = "all_truncated", "some_truncated", "none_truncated"
+
+CONCISE, CONCISE_HINT, HINT = "concise", "concise_hint", "hint"
+HINT_KINDS = (CONCISE, CONCISE_HINT, HINT)
+# "unhinted" = GRPO-Extra's extra rollouts from the unchanged prompt; "none" = no extra phase for this group.
+EXTRA_KIND_CODES = {"none": -1, CONCISE: 0, CONCISE_HINT: 1, HINT: 2, "unhinted": 3}
+
+# What happened to a group's extra phase.
+EXTRA_STATUS_CODES = {
+    "not_needed": 0,  # not a none-pass group, or mode == grpo
+    "ran": 1,  # extra rollouts generated and scored (rescued or not)
+    "skipped_too_long": 2,  # the hinted prompt did not fit rollout.prompt_length even with no answers listed
+    "error": 3,  # the extra phase raised; the original group was kept unchanged
+}
+
+
+def code_to_name(codes: Mapping[str, int], code: int) -> str:
+    """Inverse of one of the code tables above."""
+    for name, c in codes.items():
+        if c == code:
+            return name
+    raise KeyError(f"unknown code {code}; known: {dict(codes)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configuration: the `lte:` block of recipe/lte/config/lte_trainer.yaml. Defaults are the paper's choices;
+# where the paper is silent, ours (the yaml says which).
+# ---------------------------------------------------------------------------------------------------------
+
+DEFAULT_HINT_TEMPLATE = (
+    "{prompt}\n\n"
+    "Note: earlier attempts at this problem gave the following final answers, and all of them are wrong:\n"
+    "{answers}\n"
+    "Do not give any of these answers again. Solve the problem from scratch. "
+    "Do not mention this note or the earlier attempts in your reasoning."
+)
+DEFAULT_CONCISE_TEMPLATE = (
+    "{prompt}\n\n"
+    "Note: earlier attempts at this problem ran out of space before reaching a final answer. "
+    "Think concisely and reach the final answer well within the length limit. "
+    "Do not mention this note or the earlier attempts in your reasoning."
+)
+DEFAULT_CONCISE_HINT_TEMPLATE = (
+    "{prompt}\n\n"
+    "Note: some earlier attempts at this problem ran out of space before reaching a final answer, and the "
+    "others gave the following final answers, all of which are wrong:\n"
+    "{answers}\n"
+    "Think concisely, reach the final answer well within the length limit, and do not give any of these "
+    "answers again. Do not mention this note or the earlier attempts in your reasoning."
+)
+DEFAULT_ANSWER_ITEM = "- {answer}"
+
+
+@dataclass
+class HintConfig:
+    """How hints are built (`lte.hint.*`)."""
+
+    templates: dict[str, str] = field(
+        default_factory=lambda: {
+            HINT: DEFAULT_HINT_TEMPLATE,
+            CONCISE: DEFAULT_CONCISE_TEMPLATE,
+            CONCISE_HINT: DEFAULT_CONCISE_HINT_TEMPLATE,
+        }
+    )
+    answer_item: str = DEFAULT_ANSWER_ITEM
+    max_wrong_answers: int = 8  # ours: the paper lists the distinct wrong answers; G=8 bounds them anyway
+    max_answer_chars: int = 200  # ours: longer "answers" are skipped (quoting them cut would misquote)
+    # ours: a none-truncated group whose failures wrote no final answer has nothing to list.
+    no_answer_fallback: str = CONCISE  # "concise" | "skip"
+
+    def validate(self) -> None:
+        for kind in HINT_KINDS:
+            if kind not in self.templates:
+                raise ValueError(f"lte.hint.templates.{kind} is missing; give a template with a {{prompt}} field")
+            tpl = self.templates[kind]
+            if "{prompt}" not in tpl:
+                raise ValueError(f"lte.hint.templates.{kind} must contain {{prompt}} (the original user turn)")
+            needs_answers = kind in (HINT, CONCISE_HINT)
+            if needs_answers and "{answers}" not in tpl:
+                raise ValueError(f"lte.hint.templates.{kind} must contain {{answers}} (the wrong answers)")
+            if not needs_answers and "{answers}" in tpl:
+                raise ValueError(f"lte.hint.templates.{kind} lists no answers; remove {{answers}} from it")
+        if "{answer}" not in self.answer_item:
+            raise ValueError("lte.hint.answer_item must contain {answer}, e.g. '- {answer}'")
+        if self.max_wrong_answers < 1:
+            raise ValueError(f"lte.hint.max_wrong_answers must be >= 1, got {self.max_wrong_answers}")
+        if self.max_answer_chars < 1:
+            raise ValueError(f"lte.hint.max_answer_chars must be >= 1, got {self.max_answer_chars}")
+        if self.no_answer_fallback not in (CONCISE, "skip"):
+            raise ValueError(
+                f"lte.hint.no_answer_fallback must be 'concise' or 'skip', got {self.no_answer_fallback!r}"
+            )
+
+
+@dataclass
+class LTEConfig:
+    """The LTE decisions' settings (`lte.*`, loss settings aside: those are `lte.loss.*`, see verl_ext.losses)."""
+
+    mode: str = "lte"  # "grpo" | "grpo_extra" | "lte": every arm of the paper from one switch
+    pass_threshold: float = 1.0  # a response passes when its reward >= this (binary 0/1 correctness)
+    # Open question in the paper: may all G failures be replaced? Replacing all makes the group all-pass and its
+    # advantages zero again, so by default one failure is kept.
+    min_failures_kept: int = 1
+    seed: int = 0  # replacement choices are seeded by (seed, step, uid): reruns make the same choices
+    hint: HintConfig = field(default_factory=HintConfig)
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"lte.mode must be one of {MODES}, got {self.mode!r}")
+        if self.min_failures_kept < 0:
+            raise ValueError(f"lte.min_failures_kept must be >= 0, got {self.min_failures_kept}")
+        self.hint.validate()
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping | None) -> LTEConfig:
+        """Build from the `lte:` config block (a plain mapping); unknown keys are an error, not ignored."""
+        cfg = dict(cfg or {})
+        cfg.pop("loss", None)  # owned by verl_ext.losses.LTELossConfig
+        hint = dict(cfg.pop("hint", None) or {})
+        known = {f.name for f in fields(cls)} - {"hint"}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown lte.* keys {sorted(unknown)}; known: {sorted(known | {'hint', 'loss'})}")
+        hint_known = {f.name for f in fields(HintConfig)}
+        if set(hint) - hint_known:
+            raise ValueError(f"unknown lte.hint.* keys {sorted(set(hint) - hint_known)}; known: {sorted(hint_known)}")
+        if "templates" in hint:
+            templates = HintConfig().templates
+            templates.update(dict(hint["templates"]))
+            hint["templates"] = templates
+        out = cls(**cfg, hint=HintConfig(**hint))
+        out.validate()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1-2. Classification
+# ---------------------------------------------------------------------------------------------------------
+
+
+def classify_group(passed: Sequence[bool]) -> str:
+    """all_pass / some_pass / none_pass for one group's pass flags."""
+    if not passed:
+        raise ValueError("classify_group needs at least one response")
+    n_pass = sum(bool(p) for p in passed)
+    if n_pass == len(passed):
+        return ALL_PASS
+    return SOME_PASS if n_pass else NONE_PASS
+
+
+def classify_truncation(truncated: Sequence[bool]) -> str:
+    """all_truncated / some_truncated / none_truncated for a (none-pass) group's truncation flags."""
+    if not truncated:
+        raise ValueError("classify_truncation needs at least one response")
+    n = sum(bool(t) for t in truncated)
+    if n == len(truncated):
+        return ALL_TRUNCATED
+    return SOME_TRUNCATED if n else NONE_TRUNCATED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. The hint plan
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HintPlan:
+    """What the hinted prompt says: its kind and the wrong answers it lists (in first-seen order)."""
+
+    kind: str
+    wrong_answers: tuple[str, ...] = ()
+
+
+Equivalence = Callable[[str, str], bool]
+
+
+def _default_equivalence() -> Equivalence:
+    # The reward's own notion of "same answer" (math-verify); imported lazily to keep this module pure.
+    from verl_ext.reward_math import answers_equivalent
+
+    return answers_equivalent
+
+
+def distinct_wrong_answers(
+    preds: Sequence[str],
+    truncated: Sequence[bool],
+    *,
+    equivalent: Equivalence | None = None,
+    max_answers: int = 8,
+    max_answer_chars: int = 200,
+) -> list[str]:
+    """The distinct final answers of the NON-truncated failures, first-seen order.
+
+    Empty answers and answers longer than ``max_answer_chars`` are dropped; two answers are the same when they
+    are equal as stripped strings or ``equivalent`` says so. At most ``max_answers`` are returned.
+    """
+    if len(preds) != len(truncated):
+        raise ValueError(f"preds ({len(preds)}) and truncated ({len(truncated)}) differ in length")
+    eq = equivalent or _default_equivalence()
+    kept: list[str] = []
+    for pred, trunc in zip(preds, truncated, strict=True):
+        answer = (pred or "").strip()
+        if trunc or not answer or len(answer) > max_answer_chars:
+            continue
+        if any(answer == k or eq(answer, k) for k in kept):
+            continue
+        kept.append(answer)
+        if len(kept) == max_answers:
+            break
+    return kept
+
+
+def plan_hint(
+    preds: Sequence[str],
+    truncated: Sequence[bool],
+    *,
+    equivalent: Equivalence | None = None,
+    max_answers: int = 8,
+    max_answer_chars: int = 200,
+    no_answer_fallback: str = CONCISE,
+) -> HintPlan | None:
+    """The hint for a none-pass group (all ``preds`` are wrong), or None when there is nothing to say.
+
+    - all truncated: ``concise`` (no answers to show);
+    - some truncated: ``concise_hint`` with the wrong answers of the non-truncated failures; if none of them
+      wrote a usable answer, ``concise`` (the truncation is still worth telling);
+    - none truncated: ``hint`` with the wrong answers; if no failure wrote a usable answer (e.g. no \\boxed{}),
+      ``no_answer_fallback``: ``concise`` (default: asks for a focused answer) or ``skip`` (None).
+    """
+    trunc_class = classify_truncation(truncated)
+    if trunc_class == ALL_TRUNCATED:
+        return HintPlan(CONCISE)
+    answers = distinct_wrong_answers(
+        preds, truncated, equivalent=equivalent, max_answers=max_answers, max_answer_chars=max_answer_chars
+    )
+    if trunc_class == SOME_TRUNCATED:
+        return HintPlan(CONCISE_HINT, tuple(answers)) if answers else HintPlan(CONCISE)
+    if answers:
+        return HintPlan(HINT, tuple(answers))
+    return HintPlan(CONCISE) if no_answer_fallback == CONCISE else None
+
+
+def shrink_to_fit(plan: HintPlan, fits: Callable[[HintPlan], bool]) -> HintPlan | None:
+    """The longest prefix of ``plan``'s answer list whose rendered prompt ``fits``; None if even the shortest
+    does not. A plan with answers never loses all of them (its text refers to them): it is then skipped."""
+    if plan.wrong_answers:
+        for k in range(len(plan.wrong_answers), 0, -1):
+            candidate = HintPlan(plan.kind, plan.wrong_answers[:k])
+            if fits(candidate):
+                return candidate
+        return None
+    return plan if fits(plan) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Rendering
+# ---------------------------------------------------------------------------------------------------------
+
+
+def render_hint_text(prompt: str, plan: HintPlan, hint: HintConfig) -> str:
+    """The hinted user turn: the original user turn ``prompt`` wrapped by the template of ``plan.kind``."""
+    answers = "\n".join(hint.answer_item.replace("{answer}", a) for a in plan.wrong_answers)
+    # str.replace, not str.format: prompts and answers are full of LaTeX braces.
+    return hint.templates[plan.kind].replace("{prompt}", prompt).replace("{answers}", answers)
+
+
+def render_hinted_messages(messages: Sequence[Mapping], plan: HintPlan, hint: HintConfig) -> list[dict]:
+    """A copy of the chat ``messages`` whose LAST user turn carries the hint; other turns unchanged."""
+    out = [dict(m) for m in messages]
+    for m in reversed(out):
+        if m.get("role") == "user":
+            if not isinstance(m.get("content"), str):
+                raise ValueError("LTE hints need a text user turn; got non-text content (multimodal prompts)")
+            m["content"] = render_hint_text(m["content"], plan, hint)
+            return out
+    raise ValueError(f"no user turn in the prompt to attach the hint to: roles {[m.get('role') for m in out]}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Replacement
+# ---------------------------------------------------------------------------------------------------------
+
+
+def seeded_rng(seed: int, *keys: object) -> random.Random:
+    """A Random seeded by ``seed`` and ``keys`` -- the same across processes (unlike ``hash()`` of a str)."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def choose_replacements(
+    failed_slots: Sequence[int],
+    correct_extras: Sequence[int],
+    *,
+    min_failures_kept: int = 1,
+    rng: random.Random,
+) -> list[tuple[int, int]]:
+    """Pairs (failed slot, correct extra) to swap: each correct extra response replaces one failed original.
+
+    At most ``len(failed_slots) - min_failures_kept`` replacements, so a capped group keeps a failure and a
+    non-zero advantage. Both the slots and, when there are more correct extras than room, the extras used are
+    chosen at random with ``rng``. Returned sorted by slot.
+    """
+    room = max(0, len(failed_slots) - min_failures_kept)
+    k = min(room, len(correct_extras))
+    if k == 0:
+        return []
+    slots = rng.sample(list(failed_slots), k)
+    extras = rng.sample(list(correct_extras), k)
+    return sorted(zip(slots, extras, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Step metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowInfo:
+    """The LTE info one training row carries (written by the rollout stage, read back by the trainer)."""
+
+    uid: str
+    passed: bool  # this row (after replacement) passes
+    orig_passed: bool  # the on-policy response originally in this slot passed
+    replaced: bool  # this row is an extra response put in place of a failure
+    off_policy: bool  # trained with the off-policy loss (hinted)
+    group_class: str  # of the original group, before LTE
+    extra_kind: str  # key of EXTRA_KIND_CODES
+    extra_status: str  # key of EXTRA_STATUS_CODES
+    extra_correct: int  # G': correct extra responses of this group
+    extra_tokens: int  # response tokens generated in this group's extra phase
+    extra_seconds: float  # wall time of this group's extra phase
+
+
+def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, float]:
+    """Per-step LTE metrics from the rows of one training batch (padding rows already removed).
+
+    Group counts and shares before and after LTE, extra phases by kind and outcome, rescued groups,
+    replaced responses, extra tokens and time, and the true on-policy accuracy (``critic/score/mean``
+    counts replaced rows).
+    """
+    groups: dict[str, list[RowInfo]] = {}
+    for r in rows:
+        groups.setdefault(r.uid, []).append(r)
+    n_groups = len(groups)
+    m: dict[str, float] = {}
+    if n_groups == 0:
+        return m
+    before = {c: 0 for c in GROUP_CLASSES}
+    after = {c: 0 for c in GROUP_CLASSES}
+    kinds = {k: 0 for k in EXTRA_KIND_CODES if k != "none"}
+    status = {s: 0 for s in EXTRA_STATUS_CODES if s != "not_needed"}
+    rescued = extra_tokens = extra_correct = 0
+    extra_seconds: list[float] = []
+    for g in groups.values():
+        head = g[0]
+        before[head.group_class] += 1
+        after[classify_group([r.passed for r in g])] += 1
+        if head.extra_status != "not_needed":
+            status[head.extra_status] += 1
+        if head.extra_status == "ran":
+            kinds[head.extra_kind] += 1
+            extra_tokens += head.extra_tokens
+            extra_correct += head.extra_correct
+            extra_seconds.append(head.extra_seconds)
+            rescued += any(r.replaced for r in g)
+    for c in GROUP_CLASSES:
+        m[f"{prefix}groups/{c}_before"] = before[c]
+        m[f"{prefix}groups/{c}_before_share"] = before[c] / n_groups
+        m[f"{prefix}groups/{c}_after"] = after[c]
+        m[f"{prefix}groups/{c}_after_share"] = after[c] / n_groups
+    for k, v in kinds.items():
+        m[f"{prefix}extra/kind_{k}"] = v
+    for s, v in status.items():
+        m[f"{prefix}extra/{s}"] = v
+    ran = status["ran"]
+    m[f"{prefix}extra/rescued"] = rescued
+    m[f"{prefix}extra/rescue_rate"] = rescued / ran if ran else 0.0
+    m[f"{prefix}extra/correct"] = extra_correct
+    m[f"{prefix}extra/replaced"] = sum(r.replaced for r in rows)
+    m[f"{prefix}extra/off_policy_rows"] = sum(r.off_policy for r in rows)
+    m[f"{prefix}extra/tokens"] = extra_tokens
+    m[f"{prefix}extra/seconds_max"] = max(extra_seconds, default=0.0)
+    m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds) if extra_seconds else 0.0
+    m[f"{prefix}on_policy_acc"] = sum(r.orig_passed for r in rows) / len(rows)
+    m[f"{prefix}acc_after"] = sum(r.passed for r in rows) / len(rows)
+    return m
