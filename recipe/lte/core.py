@@ -44,6 +44,7 @@ EXTRA_STATUS_CODES = {
     "ran": 1,  # extra rollouts generated and scored (rescued or not)
     "skipped_too_long": 2,  # the hinted prompt did not fit rollout.prompt_length even with no answers listed
     "error": 3,  # the extra phase raised; the original group was kept unchanged
+    "skipped_no_hint": 4,  # nothing to hint (no usable wrong answer and lte.hint.no_answer_fallback=skip)
 }
 
 
