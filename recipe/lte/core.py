@@ -17,7 +17,9 @@ The verl glue (``agent_loop.py``, ``trainer.py``) calls these and nothing else d
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -85,6 +87,14 @@ DEFAULT_CONCISE_HINT_TEMPLATE = (
 DEFAULT_ANSWER_ITEM = "- {answer}"
 
 
+def _check_int(key: str, value: object, minimum: int | None = None) -> None:
+    # YAML/CLI typos ("8", 1.5, null, true) must fail at start-up under their key, not as a TypeError mid-run.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value}")
+
+
 @dataclass
 class HintConfig:
     """How hints are built (`lte.hint.*`)."""
@@ -103,10 +113,14 @@ class HintConfig:
     no_answer_fallback: str = CONCISE  # "concise" | "skip"
 
     def validate(self) -> None:
+        if not isinstance(self.templates, Mapping):
+            raise ValueError(f"lte.hint.templates must be a mapping kind -> template, got {self.templates!r}")
         for kind in HINT_KINDS:
             if kind not in self.templates:
                 raise ValueError(f"lte.hint.templates.{kind} is missing; give a template with a {{prompt}} field")
             tpl = self.templates[kind]
+            if not isinstance(tpl, str):
+                raise ValueError(f"lte.hint.templates.{kind} must be a string with a {{prompt}} field, got {tpl!r}")
             if "{prompt}" not in tpl:
                 raise ValueError(f"lte.hint.templates.{kind} must contain {{prompt}} (the original user turn)")
             needs_answers = kind in (HINT, CONCISE_HINT)
@@ -114,12 +128,12 @@ class HintConfig:
                 raise ValueError(f"lte.hint.templates.{kind} must contain {{answers}} (the wrong answers)")
             if not needs_answers and "{answers}" in tpl:
                 raise ValueError(f"lte.hint.templates.{kind} lists no answers; remove {{answers}} from it")
-        if "{answer}" not in self.answer_item:
-            raise ValueError("lte.hint.answer_item must contain {answer}, e.g. '- {answer}'")
-        if self.max_wrong_answers < 1:
-            raise ValueError(f"lte.hint.max_wrong_answers must be >= 1, got {self.max_wrong_answers}")
-        if self.max_answer_chars < 1:
-            raise ValueError(f"lte.hint.max_answer_chars must be >= 1, got {self.max_answer_chars}")
+        if not isinstance(self.answer_item, str) or "{answer}" not in self.answer_item:
+            raise ValueError(
+                f"lte.hint.answer_item must contain {{answer}}, e.g. '- {{answer}}', got {self.answer_item!r}"
+            )
+        _check_int("lte.hint.max_wrong_answers", self.max_wrong_answers, minimum=1)
+        _check_int("lte.hint.max_answer_chars", self.max_answer_chars, minimum=1)
         if self.no_answer_fallback not in (CONCISE, "skip"):
             raise ValueError(
                 f"lte.hint.no_answer_fallback must be 'concise' or 'skip', got {self.no_answer_fallback!r}"
@@ -141,8 +155,11 @@ class LTEConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"lte.mode must be one of {MODES}, got {self.mode!r}")
-        if self.min_failures_kept < 0:
-            raise ValueError(f"lte.min_failures_kept must be >= 0, got {self.min_failures_kept}")
+        threshold = self.pass_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"lte.pass_threshold must be a finite number (1.0 for 0/1 rewards), got {threshold!r}")
+        _check_int("lte.min_failures_kept", self.min_failures_kept, minimum=0)
+        _check_int("lte.seed", self.seed)
         self.hint.validate()
 
     @classmethod
@@ -294,8 +311,10 @@ def shrink_to_fit(plan: HintPlan, fits: Callable[[HintPlan], bool]) -> HintPlan 
 def render_hint_text(prompt: str, plan: HintPlan, hint: HintConfig) -> str:
     """The hinted user turn: the original user turn ``prompt`` wrapped by the template of ``plan.kind``."""
     answers = "\n".join(hint.answer_item.replace("{answer}", a) for a in plan.wrong_answers)
-    # str.replace, not str.format: prompts and answers are full of LaTeX braces.
-    return hint.templates[plan.kind].replace("{prompt}", prompt).replace("{answers}", answers)
+    fill = {"{prompt}": prompt, "{answers}": answers}
+    # One pass over the template: str.format would choke on LaTeX braces, and chained str.replace would splice the
+    # answer list into a prompt that itself contains "{answers}" (e.g. "\\text{answers}").
+    return re.sub(r"\{prompt\}|\{answers\}", lambda m: fill[m.group(0)], hint.templates[plan.kind])
 
 
 def render_hinted_messages(messages: Sequence[Mapping], plan: HintPlan, hint: HintConfig) -> list[dict]:
