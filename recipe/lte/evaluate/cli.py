@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,15 @@ from .scoring import grader_name, score_generations, summarize
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 TABLE_MD, TABLE_CSV, PLOT_FILE = "table.md", "table.csv", "pass_at_k.png"
+# Default 1: on a 2-core machine more threads were slower (benchmarks/eval_scoring.py); on a bigger machine raise
+# it together with LTE_REWARD_WORKERS (the reward's math-verify process pool), and measure.
+WORKERS_HELP = "threads calling the reward (its math-verify pool has LTE_REWARD_WORKERS processes); default 1"
 
 
 def _default_template() -> str:
     from data_prep import DEFAULT_TEMPLATE
 
     return DEFAULT_TEMPLATE
-
-
-def _default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def write_report(out_dir: Path, samples: list[dict], config: dict[str, Any], quiet: bool = False) -> dict:
@@ -188,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     gen.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
     gen.add_argument("--dtype", default="auto")
-    gen.add_argument("--workers", type=int, default=_default_workers(), help="scoring processes")
+    gen.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     gen.add_argument("--no-score", action="store_true", help="only generate")
     gen.add_argument("--quiet", action="store_true")
 
@@ -204,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--top-p", type=float, help="recorded")
     score.add_argument("--max-new-tokens", type=int, help="recorded")
     score.add_argument("--template", help="recorded")
-    score.add_argument("--workers", type=int, default=_default_workers(), help="scoring processes")
+    score.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     score.add_argument("--quiet", action="store_true")
 
     cmp_ = sub.add_parser("compare", help="several scored runs side by side, with the paper's numbers")
