@@ -50,7 +50,10 @@ class Completion:
 
 
 class GenerationBackend(Protocol):
-    """The boundary to the inference engine: n completions for each prompt (given as token ids), in order."""
+    """The boundary to the inference engine: n completions for each prompt (given as token ids), in order.
+
+    ``VLLMBackend`` is the real one; the CPU tests put their stand-in here and nowhere else.
+    """
 
     def generate(self, prompt_token_ids: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]: ...
 
@@ -92,7 +95,8 @@ class VLLMBackend:
         params = SamplingParams(
             n=settings.n, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens
         )
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_token_ids], params, use_tqdm=False)
+        prompts = [{"prompt_token_ids": ids} for ids in prompt_token_ids]  # vllm TokensPrompt
+        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [[Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs] for out in outputs]
 
 
