@@ -149,12 +149,18 @@ class LTEConfig:
     # Open question in the paper: may all G failures be replaced? Replacing all makes the group all-pass and its
     # advantages zero again, so by default one failure is kept.
     min_failures_kept: int = 1
+    num_extra_rollouts: int | None = None  # extra rollouts for a none-pass group; None = G (the paper)
+    # Tokens that rollout.prompt_length must leave above data.max_prompt_length for the hint text (ours).
+    min_hint_room_tokens: int = 256
     seed: int = 0  # replacement choices are seeded by (seed, step, uid): reruns make the same choices
     hint: HintConfig = field(default_factory=HintConfig)
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"lte.mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_extra_rollouts is not None:
+            _check_int("lte.num_extra_rollouts (null = rollout.n)", self.num_extra_rollouts, minimum=1)
+        _check_int("lte.min_hint_room_tokens", self.min_hint_room_tokens, minimum=0)
         threshold = self.pass_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ValueError(f"lte.pass_threshold must be a finite number (1.0 for 0/1 rewards), got {threshold!r}")
@@ -171,10 +177,12 @@ class LTEConfig:
         known = {f.name for f in fields(cls)} - {"hint"}
         unknown = set(cfg) - known
         if unknown:
-            raise ValueError(f"unknown lte.* keys {sorted(unknown)}; known: {sorted(known | {'hint', 'loss'})}")
+            names = [f"lte.{k}" for k in sorted(unknown)]
+            raise ValueError(f"unknown keys {names}: the lte.* keys are {sorted(known | {'hint', 'loss'})}")
         hint_known = {f.name for f in fields(HintConfig)}
         if set(hint) - hint_known:
-            raise ValueError(f"unknown lte.hint.* keys {sorted(set(hint) - hint_known)}; known: {sorted(hint_known)}")
+            names = [f"lte.hint.{k}" for k in sorted(set(hint) - hint_known)]
+            raise ValueError(f"unknown keys {names}: the lte.hint.* keys are {sorted(hint_known)}")
         if "templates" in hint:
             templates = HintConfig().templates
             templates.update(dict(hint["templates"]))
