@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -20,6 +21,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, LTEAgentLoopManager, rows_from_fields
+from recipe.lte.summary import METRICS_FILE
 from verl_ext.losses import LTELossConfig, check_loss_config, make_lte_loss_fn
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,32 @@ def check_config(config: DictConfig) -> None:
         raise ValueError("LTE cannot run with this configuration:\n  - " + "\n  - ".join(errors))
 
 
+def _is_number(v) -> bool:
+    try:
+        return np.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_step_line(step: int, m: dict) -> str:
+    """``[LTE step 3] groups all/some/none 2/3/3 -> 2/5/1 | extra hint 2 concise_hint 1 ... | rescued 2/3 ...``"""
+    if not m:
+        return f"[LTE step {step}] no LTE info in this batch"
+
+    def g(key: str) -> int:
+        return int(m.get(f"lte/{key}", 0))
+
+    before = "/".join(str(g(f"groups/{c}_before")) for c in core.GROUP_CLASSES)
+    after = "/".join(str(g(f"groups/{c}_after")) for c in core.GROUP_CLASSES)
+    kinds = " ".join(f"{k} {g(f'extra/kind_{k}')}" for k in (*core.HINT_KINDS, "unhinted") if g(f"extra/kind_{k}"))
+    skipped = g("extra/skipped_too_long") + g("extra/skipped_no_hint")
+    return (
+        f"[LTE step {step}] groups all/some/none {before} -> {after} | extra phases {g('extra/ran')}"
+        f"{' (' + kinds + ')' if kinds else ''}, skipped {skipped}, errors {g('extra/error')} | rescued "
+        f"{g('extra/rescued')}, replaced {g('extra/replaced')} | on-policy acc {m.get('lte/on_policy_acc', 0.0):.3f}"
+    )
+
+
 class LTETrainer(PPOTrainerSync):
     """``PPOTrainerSync`` + LTE's loss in the actor workers + LTE's per-step metrics."""
 
@@ -119,8 +147,21 @@ class LTETrainer(PPOTrainerSync):
         logger.info(f"LTE mode={self.lte.mode}: mixed-policy loss installed in the actor workers")
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
-        metrics.update(self._lte_metrics(batch))
-        return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        lte_metrics = self._lte_metrics(batch)
+        metrics.update(lte_metrics)
+        out = super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        self._report_step(global_steps, lte_metrics, metrics)
+        return out
+
+    def _report_step(self, step: int, lte_metrics: dict, metrics: dict) -> None:
+        """One readable LTE line per step, and the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
+        (read by ``python -m recipe.lte.summary`` for the end-of-run table and plots)."""
+        print(format_step_line(step, lte_metrics), flush=True)
+        record = {"step": step, **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
+        path = os.path.join(self.config.trainer.default_local_dir, METRICS_FILE)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _lte_metrics(self, batch) -> dict[str, float]:
         """``core.step_metrics`` over the batch's real rows (padding rows copy a real row: left out)."""
