@@ -1,0 +1,117 @@
+"""`python -m data_prep`: build verl RL parquet for the training sets and the six benchmarks.
+
+python -m data_prep openr1 --out data/                 # training set from the hub (default training set)
+python -m data_prep benchmarks --out data/             # the six benchmarks + benchmarks_val.parquet
+python -m data_prep math500 aime24 --local math500=/dl/math500.jsonl --local aime24=/dl/aime24/
+python -m data_prep list                               # sources, hub ids, columns, templates
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from data_prep.build import build_source, write_parquet
+from data_prep.sources import BENCHMARK_SOURCES, SOURCES, TRAIN_SOURCES
+from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES
+
+COMBINED_VAL = "benchmarks_val"
+
+
+def _parse_local(items: list[str]) -> dict[str, str]:
+    local = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in SOURCES:
+            raise SystemExit(f"--local {item!r}: expected NAME=PATH with NAME one of {sorted(SOURCES)}")
+        local[name] = path
+    return local
+
+
+def _targets(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        expanded = list(BENCHMARK_SOURCES) if name == "benchmarks" else [name]
+        for n in expanded:
+            if n not in SOURCES:
+                raise SystemExit(f"unknown source {n!r}; choose from {sorted(SOURCES)}, 'benchmarks' or 'list'")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def _list() -> None:
+    print("sources (name: hub id [configs] split | problem column -> answer column | data_source):")
+    for group, sources in (("training", TRAIN_SOURCES), ("benchmarks", BENCHMARK_SOURCES)):
+        print(f"  {group}:")
+        for s in sources.values():
+            configs = f" {list(s.configs)}" if s.configs != (None,) else ""
+            print(
+                f"    {s.name}: {s.hub_id}{configs} {s.split} | {s.problem_column} -> {s.answer_column} | "
+                f"{s.data_source}" + (f"  ({s.note})" if s.note else "")
+            )
+    print(f"templates (default {DEFAULT_TEMPLATE!r}):")
+    for name, text in PROMPT_TEMPLATES.items():
+        print(f"  {name}: {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Write verl RL parquet (data_source, prompt, ability, reward_model, extra_info) for the LTE "
+        "training sets and the six math benchmarks, from the Hugging Face hub or local files.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("names", nargs="+", help=f"'list', 'benchmarks' (all six), or any of {sorted(SOURCES)}")
+    ap.add_argument("--out", type=Path, default=Path("data"), help="output folder (default: data/)")
+    ap.add_argument(
+        "--local",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="read NAME from a local json/jsonl/parquet file or folder (hub column layout) instead "
+        "of the hub; repeatable",
+    )
+    ap.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE,
+        choices=sorted(PROMPT_TEMPLATES),
+        help=f"prompt template, the same for training and evaluation (default {DEFAULT_TEMPLATE})",
+    )
+    ap.add_argument("--system-prompt", default=None, help="optional system turn before the user turn")
+    ap.add_argument("--limit", type=int, default=None, help="read only the first N source rows (smoke tests)")
+    args = ap.parse_args(argv)
+
+    if args.names == ["list"]:
+        _list()
+        return 0
+    names = _targets(args.names)
+    local = _parse_local(args.local)
+    unused = sorted(set(local) - set(names))
+    if unused:
+        raise SystemExit(f"--local given for {unused}, which are not being built ({names})")
+
+    val_rows = []
+    for name in names:
+        split = "train" if name in TRAIN_SOURCES else "test"
+        path, rows, report = build_source(
+            SOURCES[name], args.out, local.get(name), split, args.template, args.system_prompt, args.limit
+        )
+        print(report.text())
+        print(f"  -> {path}")
+        if name in BENCHMARK_SOURCES:
+            val_rows += rows
+    if all(n in names for n in BENCHMARK_SOURCES):
+        path = args.out / f"{COMBINED_VAL}.parquet"
+        write_parquet(val_rows, path)
+        counts = pd.Series([r["data_source"] for r in val_rows]).value_counts().to_dict()
+        print(f"[{COMBINED_VAL}] {len(val_rows)} rows {counts}\n  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
