@@ -114,3 +114,42 @@ def test_vllm_backend_says_how_to_get_vllm():
         pytest.skip("vllm is installed here: this checks the message on machines without it")
     with pytest.raises(ImportError, match="requirements/gpu.txt"):
         VLLMBackend("some/model")
+
+
+def test_default_prompt_is_the_training_template(tiny_model_dir, tmp_path):
+    """Eval prompts come from data_prep.build_prompt with data_prep.DEFAULT_TEMPLATE, the training builders' own."""
+    from transformers import AutoTokenizer
+
+    import data_prep
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    problems = ["What is $1+1$?", "Compute (3*4) mod 10.", "Find all $x$ with $x^2 = 4$."]
+    data = tmp_path / "bench.parquet"
+    _write_training_style_parquet(data, problems)
+    loaded = load_problems([data])
+    for p, text in zip(loaded, problems, strict=True):
+        assert eval_messages(p, data_prep.DEFAULT_TEMPLATE) == data_prep.build_prompt(text)
+    expected = _expected(tok, loaded, data_prep.DEFAULT_TEMPLATE)
+    stand_in = StandInVLLM(expected)
+    summary = cmd_generate(_args(tiny_model_dir, data, tmp_path / "run", "--quiet"), backend=stand_in)
+    # _args passes --limit 2: the first two problems are generated, each prompt the training rendering.
+    assert len(stand_in.seen) == 2 and summary["config"]["template"] == data_prep.DEFAULT_TEMPLATE
+
+
+def _write_training_style_parquet(path: Path, problems: list[str]) -> None:
+    """Rows as the training data builders write them: prompt = data_prep.build_prompt(problem)."""
+    import pandas as pd
+
+    import data_prep
+
+    rows = [
+        {
+            "data_source": "math",
+            "prompt": data_prep.build_prompt(text),
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(i)},
+            "extra_info": {"split": "test", "index": i, "problem": text},
+        }
+        for i, text in enumerate(problems)
+    ]
+    pd.DataFrame(rows).to_parquet(path)
