@@ -24,7 +24,7 @@ usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 if [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"; else PY=python3; fi
 command -v "$PY" >/dev/null || die "no python: create .venv (bash scripts/setup_env.sh) or install python3"
 
-preset="" dry_run=0 list=0 overrides=()
+preset="" dry_run=0 list=0 overrides=() unknown=()
 orig_args=("$@")
 while (($#)); do
   case "$1" in
@@ -33,7 +33,7 @@ while (($#)); do
   --dry-run) dry_run=1; shift ;;
   --list) list=1; shift ;;
   -h | --help) usage; exit 0 ;;
-  --*) die "unknown option $1 (options: --preset NAME, --dry-run, --list, --help; the rest are hydra overrides)" ;;
+  --*) unknown+=("$1"); shift ;; # the CPU demo's options, or an error (below)
   *) overrides+=("$1"); shift ;;
   esac
 done
@@ -56,6 +56,9 @@ if [[ -z "$preset" ]]; then
     exec bash "$root/scripts/cpu_demo.sh" "${orig_args[@]}"
   fi
 fi
+
+((${#unknown[@]} == 0)) ||
+  die "unknown option ${unknown[0]} (options: --preset NAME, --dry-run, --list, --help; the rest are hydra overrides)"
 
 # The value of KEY among the overrides, if the user gave one ("" otherwise).
 override_value() {
