@@ -20,8 +20,11 @@ export LTE_RUN_ID="${LTE_RUN_ID:-cpu-smoke-$$-$(date +%s)}"
 # Short: Ray puts unix sockets under it (107-byte path limit).
 ray_tmp="${LTE_RAY_TEMP_DIR:-/tmp/lte-ray-$$}"
 
+# Ray's own shutdown at driver exit is not synchronous: the task runner actor is usually still alive here.
 cleanup() {
-  "$py" -m verl_ext.run_procs kill "$LTE_RUN_ID" || true
+  local left
+  left="$("$py" -m verl_ext.run_procs kill "$LTE_RUN_ID" || true)"
+  if [[ -n "$left" ]]; then echo "[cpu_grpo_smoke] ended leftover processes of this run: $left"; fi
   rm -rf "$ray_tmp"
 }
 trap cleanup EXIT
