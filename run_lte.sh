@@ -21,7 +21,9 @@ die() {
 }
 usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-if [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"; else PY=python3; fi
+if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then PY="$VIRTUAL_ENV/bin/python"
+elif [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"
+else PY=python3; fi
 command -v "$PY" >/dev/null || die "no python: create .venv (bash scripts/setup_env.sh) or install python3"
 
 preset="" dry_run=0 list=0 overrides=() unknown=()
@@ -77,7 +79,13 @@ experiment="${experiment:-$preset}"
 extra=()
 [[ -n "$(override_value trainer.default_local_dir)" ]] ||
   extra+=("trainer.default_local_dir=$(abspath "${LTE_CKPT_DIR:-$root/checkpoints}")/lte/$experiment")
-export TENSORBOARD_DIR="${TENSORBOARD_DIR:-$root/tensorboard_log/lte/$experiment}"
+export TENSORBOARD_DIR="$(abspath "${TENSORBOARD_DIR:-$root/tensorboard_log/lte/$experiment}")"
+# Ray actors on other nodes do not see this shell's environment: hand these to every actor (not secrets: the
+# config is logged). The project must be importable there too (shared file system).
+for var in LTE_DATA_DIR TENSORBOARD_DIR; do
+  extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.$var=${!var}")
+done
+extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}")
 
 if ((dry_run)); then
   exec "$PY" -m recipe.lte.dry_run --preset "$preset" "${overrides[@]}" "${extra[@]}"
