@@ -10,7 +10,10 @@ Per response token, with advantage A and a per-response flag "hinted" (off-polic
                      "luffy_prob" (LUFFY/ICPO): exp(logp)
                      "on_policy" (ablation):    off-policy rows get the on-policy loss
 
-f(x) is computed as sigmoid(log x - log gamma), the same value without overflow for any log x.
+f(x) is computed as sigmoid(log x - log gamma), the same value without overflow for any log x. A micro-batch without
+hinted rows (or mode "on_policy") runs verl's own operations under autograd: loss and gradient equal verl's vanilla
+bit for bit. A micro-batch with hinted rows computes both branches without autograd and attaches the per-token
+derivative written out (d/dlogp of -A f(x) is -A f (1 - f)): cheaper than verl's vanilla (benchmarks/bench_loss.py).
 
 How it reaches verl: a registered policy loss sees only padded [B, T] tensors and the actor config, never the per-row
 flag. `lte_ppo_loss` (installed with `set_loss_fn`) therefore puts the flag and the behaviour log-probs of the
@@ -44,7 +47,8 @@ AGGREGATIONS = ("global", "separate")
 LOG_RATIO_CLAMP = 20.0  # verl's compute_policy_loss_vanilla clamps log(pi/pi_old) to [-20, 20]
 NORMALISING_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
-# metric names; the first three are verl's vanilla ones (on-policy tokens only here, identical with no hinted rows)
+# metric names; the first three are verl's vanilla ones (clip fractions over on-policy tokens here; with no hinted rows
+# they equal verl's up to float32 rounding)
 M_CLIPFRAC, M_PPO_KL, M_CLIPFRAC_LOWER = "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"
 M_ON_TOKENS, M_OFF_TOKENS = "actor/lte/on_policy_tokens", "actor/lte/off_policy_tokens"
 M_ON_CLIPFRAC = "actor/lte/on_policy_clipfrac"
