@@ -21,9 +21,10 @@ from recipe.lte.presets import check_layout, data_files, list_presets, preset_de
 
 def compose_and_check(preset: str | None, overrides: list[str] | None = None):
     """The composed, validated config of a run (what the trainer would receive)."""
+    overrides = preset_overrides(preset, overrides)  # an unknown preset fails before verl is imported
     from recipe.lte.main_lte import compose_config, prepare_config
 
-    config = compose_config(preset_overrides(preset, overrides))
+    config = compose_config(overrides)
     prepare_config(config)
     check_layout(config)
     return config
