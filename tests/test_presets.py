@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,17 @@ def test_run_lte_without_gpu_or_preset_goes_to_the_cpu_demo(tmp_path):
         pytest.skip("scripts/cpu_demo.sh exists: running it here would start the demo (its own tests cover it)")
     res = _run("--some-demo-arg", env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 1 and "scripts/cpu_demo.sh" in res.stderr
+
+
+@pytest.mark.slow
+def test_the_training_entry_point_resolves_presets():
+    # hydra's --cfg job prints the config main_lte would run with, without running it
+    res = subprocess.run(
+        [sys.executable, "-m", "recipe.lte.main_lte", "+preset=qwen3-8b-lte-dagger", "--cfg", "job"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "experiment_name: qwen3-8b-lte-dagger" in res.stdout and "entropy_coeff: 0.001" in res.stdout
