@@ -1,6 +1,7 @@
 """Forward+backward time of the LTE policy loss `lte_mixed` vs verl's vanilla PPO loss, same batch, same run.
 
     .venv/bin/python benchmarks/bench_loss.py                 # B=64, T=8192, half the rows hinted, CPU
+    .venv/bin/python benchmarks/bench_loss.py --threads 1 --clock cpu    # on a shared CPU machine
     .venv/bin/python benchmarks/bench_loss.py --device cuda --repeats 200
 
 "no hinted rows" is the path that reproduces verl's vanilla bit for bit (same operations plus LTE's metrics).
@@ -43,14 +44,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_once(fn, data: dict[str, torch.Tensor], device: str) -> float:
+def time_once(fn, data: dict[str, torch.Tensor], device: str, clock) -> float:
     log_prob = data["log_prob"].detach().requires_grad_(True)
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     loss, _ = fn(log_prob)
     loss.backward()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def main() -> None:
@@ -60,7 +61,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu = this process's CPU time (CPU device only): less sensitive to other processes on a shared machine",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures host CPU time: use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     data = make_batch(args.batch, args.length, args.device)
     config = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1)
@@ -93,14 +106,14 @@ def main() -> None:
     for rep in range(args.warmup + args.repeats):
         order = names if rep % 2 == 0 else names[::-1]
         for name in order:
-            elapsed = time_once(losses[name], data, args.device)
+            elapsed = time_once(losses[name], data, args.device, clock)
             if rep >= args.warmup:
                 times[name].append(elapsed)
 
     threads = torch.get_num_threads() if args.device == "cpu" else None
     print(
         f"device={args.device}{f' ({threads} threads)' if threads else ''} B={args.batch} T={args.length} "
-        f"tokens={int(data['mask'].sum())} hinted_rows={int(data['off'].sum())} repeats={args.repeats} "
+        f"tokens={int(data['mask'].sum())} hinted_rows={int(data['off'].sum())} repeats={args.repeats} clock={args.clock} "
         f"torch={torch.__version__}"
     )
     base_times = times["vanilla (verl)"]

@@ -365,8 +365,24 @@ def test_all_off_policy_batch(mode, agg):
 
 def test_no_off_policy_tokens_reports_no_off_policy_means():
     _, _, m = run_mixed(to_tensors(make_batch(seed=10, off=(0,) * 7)))
-    assert m["actor/lte/off_policy_tokens"] == 0
+    assert m["actor/lte/off_policy_tokens"] == 0 and m["actor/lte/off_policy_loss_share"] == 0.0
     assert not {"actor/lte/off_policy_prob_mean", "actor/lte/off_policy_ratio_mean", "actor/lte/f_mean"} & set(m)
+
+
+@pytest.mark.parametrize("mode", ["behavior_ratio", "luffy_prob"])
+def test_hinted_padding_rows_only_still_equal_vanilla_exactly(mode):
+    """verl's padding rows copy row 0's fields, so they can carry flag 1; with no real hinted row the loss must
+    still be verl's vanilla bit for bit."""
+    batch = make_batch(seed=12, off=(0, 0, 0, 0, 1, 0, 0))  # row 4 is the padding row
+    t = to_tensors(batch, dtype=torch.float32)
+    lp_vanilla = t["log_prob"].detach().clone().requires_grad_(True)
+    want, _ = compute_policy_loss_vanilla(
+        t["old"], lp_vanilla, t["adv"], t["mask"], "token-mean", config=actor_config()
+    )
+    (want_grad,) = torch.autograd.grad(want, lp_vanilla)
+    loss, grad, m = run_mixed(t, off_policy_mode=mode)
+    assert torch.equal(loss, want) and torch.equal(grad, want_grad)
+    assert m["actor/lte/off_policy_tokens"] == 0
 
 
 @pytest.mark.parametrize("aggregation", ["global", "separate"])

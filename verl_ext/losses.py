@@ -397,8 +397,10 @@ def compute_mixed_policy_loss(
     clip = (clip_ratio_low, clip_ratio_high, clip_ratio_c)
 
     token_mask = response_mask.bool()
-    off_rows = off_policy_mask.bool()
-    if off_policy_mode == "on_policy" or not bool(off_rows.any()):
+    # a padding row (no loss token) flagged 1, as verl's padding copies a real row's fields, is not off-policy
+    off_rows = off_policy_mask.bool() & token_mask.any(dim=-1)
+    has_off = bool(off_rows.any())
+    if off_policy_mode == "on_policy" or not has_off:
         terms = _ppo_token_terms(log_prob, old_log_prob, advantages, rollout_is_weights, *clip)
     else:
         terms = _mixed_token_terms(
@@ -415,7 +417,7 @@ def compute_mixed_policy_loss(
         parts = (token_mask & ~row_off, token_mask & row_off)
         pg_loss = _separate_agg(terms.losses, token_mask, parts, loss_agg_mode, global_batch_info)
 
-    metrics = _mixed_policy_metrics(terms, log_prob, behavior_log_prob, token_mask, off_rows)
+    metrics = _mixed_policy_metrics(terms, log_prob, behavior_log_prob, token_mask, off_rows, has_off)
     return pg_loss, metrics
 
 
@@ -426,8 +428,10 @@ def _mixed_policy_metrics(
     behavior_log_prob: torch.Tensor | None,
     token_mask: torch.Tensor,
     off_rows: torch.Tensor,
+    has_off: bool,
 ) -> dict[str, float]:
-    """Token sums per row, then split into on/off rows by one small product: one device->host transfer."""
+    """Token sums per row, then split into on/off rows by one small product: one device->host transfer.
+    Without hinted rows only verl's statistics and the counts are computed (the rest cannot be reported)."""
 
     def row_sum(values: torch.Tensor) -> torch.Tensor:
         return torch.where(token_mask, values, 0).sum(dim=-1, dtype=torch.float64)
@@ -438,16 +442,17 @@ def _mixed_policy_metrics(
         "clipped": row_sum(terms.clipped),
         "clipped_lower": row_sum(terms.clipped_lower),
         "log_ratio": row_sum(terms.log_ratio),
-        "abs_loss": row_sum(terms.losses.detach().abs()),
-        "prob": row_sum(torch.exp(log_prob)),
     }
-    log_r = terms.log_behavior_ratio
-    if log_r is None and behavior_log_prob is not None:
-        log_r = torch.clamp(log_prob - behavior_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
-    if log_r is not None:
-        rows["ratio"] = row_sum(torch.exp(log_r))
-    if terms.f is not None:
-        rows["f"] = row_sum(terms.f)
+    if has_off:
+        rows["abs_loss"] = row_sum(terms.losses.detach().abs())
+        rows["prob"] = row_sum(torch.exp(log_prob))
+        log_r = terms.log_behavior_ratio
+        if log_r is None and behavior_log_prob is not None:
+            log_r = torch.clamp(log_prob - behavior_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+        if log_r is not None:
+            rows["ratio"] = row_sum(torch.exp(log_r))
+        if terms.f is not None:
+            rows["f"] = row_sum(terms.f)
     on_off = torch.stack([~off_rows, off_rows]).to(torch.float64)  # [2, B]
     sums = (on_off @ torch.stack(list(rows.values()), dim=-1)).tolist()  # [2, k]
     on = dict(zip(rows, sums[0], strict=True))
@@ -470,9 +475,8 @@ def _mixed_policy_metrics(
             metrics[M_OFF_RATIO] = off["ratio"] / n_off
         if "f" in off:
             metrics[M_F] = off["f"] / n_off
-    abs_all = on["abs_loss"] + off["abs_loss"]
-    if abs_all > 0:
-        metrics[M_OFF_SHARE] = off["abs_loss"] / abs_all
+    abs_all = on.get("abs_loss", 0.0) + off.get("abs_loss", 0.0)
+    metrics[M_OFF_SHARE] = off["abs_loss"] / abs_all if abs_all > 0 else 0.0  # no hinted token: 0
     return metrics
 
 
