@@ -434,11 +434,14 @@ def _mixed_policy_metrics(
     Without hinted rows only verl's statistics and the counts are computed (the rest cannot be reported)."""
 
     def row_sum(values: torch.Tensor) -> torch.Tensor:
-        return torch.where(token_mask, values, 0).sum(dim=-1, dtype=torch.float64)
+        # rows summed in their own dtype (a row is at most a response long), counts as integers
+        if values.dtype == torch.bool:
+            return (values & token_mask).sum(dim=-1)
+        return torch.where(token_mask, values, 0).sum(dim=-1)
 
     log_prob = log_prob.detach()
     rows = {
-        "tokens": token_mask.sum(dim=-1, dtype=torch.float64),
+        "tokens": token_mask.sum(dim=-1),
         "clipped": row_sum(terms.clipped),
         "clipped_lower": row_sum(terms.clipped_lower),
         "log_ratio": row_sum(terms.log_ratio),
@@ -454,7 +457,7 @@ def _mixed_policy_metrics(
         if terms.f is not None:
             rows["f"] = row_sum(terms.f)
     on_off = torch.stack([~off_rows, off_rows]).to(torch.float64)  # [2, B]
-    sums = (on_off @ torch.stack(list(rows.values()), dim=-1)).tolist()  # [2, k]
+    sums = (on_off @ torch.stack([v.to(torch.float64) for v in rows.values()], dim=-1)).tolist()  # [2, k]
     on = dict(zip(rows, sums[0], strict=True))
     off = dict(zip(rows, sums[1], strict=True))
 
