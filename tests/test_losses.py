@@ -690,3 +690,25 @@ def test_through_verl_ppo_loss_errors():
     bad[OFF_POLICY_FIELD] = torch.tensor([0.0, 0.5])
     with pytest.raises(ValueError, match="row 1 has 0.5"):
         lte_ppo_loss(actor_config(loss_mode=LOSS_MODE), out, bad, lte_loss=LTELossConfig())
+
+
+def test_make_lte_loss_fn_from_verls_composed_config():
+    """The install path the trainer uses: verl's real hydra config -> check -> picklable partial with an ActorConfig."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [
+        f"actor_rollout_ref.actor.policy_loss.loss_mode={LOSS_MODE}",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "+lte.loss.gamma=0.2",
+    ]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    lte_cfg = check_loss_config(cfg.lte.loss, cfg.actor_rollout_ref, cfg.algorithm)
+    fn = pickle.loads(pickle.dumps(make_lte_loss_fn(cfg.actor_rollout_ref.actor, lte_cfg)))
+    assert isinstance(fn.keywords["config"], ActorConfig)
+    assert fn.keywords["config"].policy_loss.loss_mode == LOSS_MODE and fn.keywords["lte_loss"].gamma == 0.2
+    _, mbs = tq_mini_batch(SPECS)
+    _, out = model_output_for(mbs[0], 0)
+    loss, metrics = fn(model_output=out, data=mbs[0], dp_group=None)
+    assert torch.isfinite(loss) and "actor/lte/off_policy_tokens" in metrics
