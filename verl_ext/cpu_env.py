@@ -1,6 +1,6 @@
 """Environment variables and hydra overrides that run verl 0.9.1's real trainer on a CPU-only machine.
 
-The launcher (and ``scripts/cpu_grpo_smoke.sh``) uses both::
+The CPU demo launcher (``recipe/lte/cpu_demo.py``) uses both::
 
     env = {**os.environ, **cpu_env()}
     cmd = [python, "-m", "verl.trainer.main_ppo", *cpu_overrides(ray_temp_dir="/tmp/lte-ray-123"), *task_overrides]

@@ -107,6 +107,7 @@ def plot(records: Sequence[dict], out_png: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -124,6 +125,8 @@ def plot(records: Sequence[dict], out_png: str) -> str:
     axes[2].plot(steps, [r.get("lte/acc_after", 0.0) for r in records], "--", label="after replacement")
     axes[2].set(title="Accuracy per response", xlabel="step", ylim=(-0.02, 1.02))
     axes[2].legend(fontsize=7)
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
