@@ -90,6 +90,7 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out:
     assert any(r.get("lte/groups/some_pass_before", 0) > 0 for r in records)
     # What the user sees: a line per step, the summary, the checkpoint, the plot.
     assert "[LTE step 1]" in text and "[LTE step 2]" in text and "LTE run summary" in text
+    assert "hinted extra rollouts rescue" in text  # the mechanism on the demo model, measured at build
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert any((run_dir / "global_step_2" / "actor").glob("model_world_size_1_rank_0.pt"))
     assert (demo_out / "lte_dynamics.png").stat().st_size > 10_000

@@ -120,6 +120,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"[demo] building or reusing the warmed-up tiny model and data in {build_dir}", flush=True)
     build = build_demo(build_dir)
     print(f"[demo] model {build['model_dir']} ({'reused' if build.get('reused') else 'built'})", flush=True)
+    stats = build.get("stats") or {}
+    if "rescue_hinted" in stats:
+        # The paper's mechanism on this model, measured when it was built (transformers sampling, G extra samples
+        # for each none-pass group): hinted vs unhinted extra rollouts.
+        print(
+            f"[demo] on this model, G hinted extra rollouts rescue {stats['rescue_hinted']:.0%} of none-pass groups, "
+            f"G unhinted ones {stats['rescue_unhinted']:.0%}; a listed wrong answer is repeated "
+            f"{stats['repeat_hinted']:.0%} of the time with the hint, {stats['repeat_unhinted']:.0%} without",
+            flush=True,
+        )
 
     # Every process of the run carries LTE_RUN_ID (verl_ext.run_procs finds them by it); Ray gets a session
     # folder of its own, short because Ray's socket paths live under it. Both can be given from outside.
