@@ -3,7 +3,7 @@
 #
 #   bash run_lte.sh --preset qwen3-4b-lte [hydra overrides...]   # one paper arm (see --list)
 #   bash run_lte.sh --dry-run --preset qwen3-8b-lte-dagger       # compose + validate + print the config (CPU ok)
-#   bash run_lte.sh --list | --help
+#   bash run_lte.sh [--steps N] [--mode M]                     # CUDA GPU: qwen3-4b-lte; no GPU: the CPU demo (python -m recipe.lte.cpu_demo --help)
 #   bash run_lte.sh                                              # CUDA GPU: qwen3-4b-lte; no GPU: the CPU demo
 #
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2.
