@@ -7,6 +7,7 @@ vLLM needs a GPU. The stand-in identifies each prompt by the token ids that Hugg
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,13 +106,11 @@ def test_generation_resumes_after_a_crash_without_losing_finished_problems(
         assert (out / name).exists(), name
 
 
-def test_vllm_backend_says_how_to_get_vllm():
-    import importlib.util
-
+def test_vllm_backend_says_how_to_get_vllm(monkeypatch):
     from recipe.lte.evaluate.generate import VLLMBackend
 
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here: this checks the message on machines without it")
+    # A machine without vLLM: a None entry in sys.modules makes `from vllm import LLM` raise ImportError.
+    monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match="requirements/gpu.txt"):
         VLLMBackend("some/model")
 
