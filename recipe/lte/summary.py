@@ -13,9 +13,11 @@ import json
 import os
 from collections.abc import Sequence
 
+from recipe.lte import core
+
 METRICS_FILE = "lte_metrics.jsonl"
-CLASSES = ("all_pass", "some_pass", "none_pass")
-KINDS = ("hint", "concise_hint", "concise", "unhinted")
+CLASSES = core.GROUP_CLASSES
+KINDS = (*core.HINT_KINDS, "unhinted")
 
 
 def load_metrics(run_dir: str) -> list[dict]:
