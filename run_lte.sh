@@ -3,8 +3,9 @@
 #
 #   bash run_lte.sh --preset qwen3-4b-lte [hydra overrides...]   # one paper arm (see --list)
 #   bash run_lte.sh --dry-run --preset qwen3-8b-lte-dagger       # compose + validate + print the config (CPU ok)
-#   bash run_lte.sh [--steps N] [--mode M]                     # CUDA GPU: qwen3-4b-lte; no GPU: the CPU demo (python -m recipe.lte.cpu_demo --help)
 #   bash run_lte.sh                                              # CUDA GPU: qwen3-4b-lte; no GPU: the CPU demo
+#   bash run_lte.sh --steps 8 --mode grpo_extra                  # no GPU only: the CPU demo's options (--out, --steps,
+#                                                                # --mode; python -m recipe.lte.demo.run --help)
 #
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2.
 # Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files are missing),
@@ -13,13 +14,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
-DEFAULT_GPU_PRESET=qwen3-4b-lte # recipe/lte/presets.py: DEFAULT_GPU_PRESET
+DEFAULT_GPU_PRESET=qwen3-4b-lte # recipe/lte/tools/presets.py: DEFAULT_GPU_PRESET
 
 die() {
   echo "run_lte.sh: $*" >&2
   exit 1
 }
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then PY="$VIRTUAL_ENV/bin/python"
 elif [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"
@@ -40,7 +41,7 @@ while (($#)); do
   esac
 done
 
-if ((list)); then exec "$PY" -m recipe.lte.dry_run --list; fi
+if ((list)); then exec "$PY" -m recipe.lte.tools.dry_run --list; fi
 
 has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }
 
@@ -53,14 +54,12 @@ if [[ -z "$preset" ]]; then
     echo "run_lte.sh: CUDA GPU found, no --preset given: running $preset" >&2
   else
     # No GPU: the small end-to-end demo on CPU (scripts/cpu_demo.sh gets all arguments as given).
-    [[ -f "$root/scripts/cpu_demo.sh" ]] ||
-      die "no CUDA GPU found (nvidia-smi -L lists none) and the CPU demo scripts/cpu_demo.sh is not there yet; on a GPU machine give --preset NAME (see --list)"
     exec bash "$root/scripts/cpu_demo.sh" "${orig_args[@]}"
   fi
 fi
 
 ((${#unknown[@]} == 0)) ||
-  die "unknown option ${unknown[0]} (options: --preset NAME, --dry-run, --list, --help; the rest are hydra overrides)"
+  die "unknown option ${unknown[0]} (options: --preset NAME, --dry-run, --list, --help; the rest are hydra overrides; --steps/--mode/--out are the CPU demo's, without --preset on a machine with no GPU)"
 
 # The value of KEY among the overrides, if the user gave one ("" otherwise).
 override_value() {
@@ -88,11 +87,11 @@ done
 extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}")
 
 if ((dry_run)); then
-  exec "$PY" -m recipe.lte.dry_run --preset "$preset" "${overrides[@]}" "${extra[@]}"
+  exec "$PY" -m recipe.lte.tools.dry_run --preset "$preset" "${overrides[@]}" "${extra[@]}"
 fi
 
 # Validate before anything starts (and learn the data files of this run).
-files="$("$PY" -m recipe.lte.dry_run --preset "$preset" --data-files "${overrides[@]}" "${extra[@]}")" ||
+files="$("$PY" -m recipe.lte.tools.dry_run --preset "$preset" --data-files "${overrides[@]}" "${extra[@]}")" ||
   die "the config of preset $preset does not validate (reasons above); try --dry-run"
 missing=()
 while IFS= read -r f; do [[ -z "$f" || -f "$f" ]] || missing+=("$f"); done <<<"$files"

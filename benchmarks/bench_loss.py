@@ -21,7 +21,7 @@ import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.workers.config import ActorConfig
 
-from verl_ext.losses import compute_mixed_policy_loss
+from verl_ext.loss.ppo_loss import compute_mixed_policy_loss
 
 
 def make_batch(batch: int, length: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -50,7 +50,7 @@ def main() -> None:
 
     from verl.utils.reward_score import math_verify as verl_mv
 
-    from verl_ext import reward_math
+    from verl_ext.reward import math_reward as reward_math
 
     inputs = build_inputs(args.shared, args.n)
     ours = lambda s, g: reward_math.compute_score("math", s, g)["score"]  # noqa: E731

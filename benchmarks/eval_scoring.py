@@ -47,7 +47,7 @@ def main() -> None:
     base = None
     for w in [1, *args.workers]:
         # the reward caches verdicts (lru_cache): clear it so every setting does the same work
-        from verl_ext import reward_math
+        from verl_ext.reward import math_reward as reward_math
 
         reward_math._verify_normalized.cache_clear()
         t0 = time.perf_counter()

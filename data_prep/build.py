@@ -18,7 +18,7 @@ import pandas as pd
 
 from data_prep.sources import Source
 from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES, build_prompt
-from verl_ext.reward_math import answer_to_text
+from verl_ext.reward.math_reward import answer_to_text
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
 

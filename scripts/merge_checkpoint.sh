@@ -8,4 +8,4 @@ if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then PY="$VIRTUA
 elif [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"
 else PY=python3; fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m recipe.lte.merge "$@"
+exec "$PY" -m recipe.lte.tools.merge "$@"

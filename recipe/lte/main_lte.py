@@ -15,23 +15,25 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
-import verl_ext.losses  # noqa: F401  (registers the "lte_mixed" policy loss before verl validates the config)
-from recipe.lte.trainer import LTETaskRunner, check_config
+from recipe.lte.startup_checks import check_config
+from recipe.lte.trainer import LTETaskRunner
+from verl_ext.loss.ppo_loss import register_lte_policy_loss
 
 
 def fill_defaults(config: DictConfig) -> DictConfig:
     """Project defaults that need a value computed at run time (absolute paths)."""
-    import verl_ext.reward_math
+    import verl_ext.reward.math_reward
 
     with open_dict(config):
         if config.reward.custom_reward_function.get("path") is None:
             # verl loads custom rewards by file path inside its reward workers.
-            config.reward.custom_reward_function.path = verl_ext.reward_math.__file__
+            config.reward.custom_reward_function.path = verl_ext.reward.math_reward.__file__
     return config
 
 
 def prepare_config(config: DictConfig) -> DictConfig:
     """What ``main`` does before training starts: defaults, verl's validation, LTE's refusals."""
+    register_lte_policy_loss()  # verl's validation looks policy_loss.loss_mode up in its registry
     auto_set_device(config)
     fill_defaults(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))

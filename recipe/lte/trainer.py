@@ -1,6 +1,5 @@
 """LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
 
-- ``check_config``: refuses, at start-up, settings LTE cannot honour, naming the key and the fix.
 - ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss in the actor workers and logs LTE's metrics.
 - ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
   keys its semantics on that literal name; a new name would silently switch to async behaviour).
@@ -14,94 +13,18 @@ import os
 
 import numpy as np
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from recipe.lte import core
-from recipe.lte.agent_loop import ROW_FIELDS, LTEAgentLoopManager, rows_from_fields
-from recipe.lte.summary import METRICS_FILE
-from verl_ext.losses import LTELossConfig, check_loss_config, make_lte_loss_fn
+from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
+from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
+from verl_ext.loss.ppo_loss import make_lte_loss_fn
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
-
-
-def lte_config(config: DictConfig) -> core.LTEConfig:
-    """``core.LTEConfig`` from the ``lte:`` block (validated)."""
-    block = config.get("lte", None)
-    return core.LTEConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
-
-
-def lte_loss_config(config: DictConfig) -> LTELossConfig:
-    """``LTELossConfig`` from ``lte.loss`` (validated)."""
-    return LTELossConfig.from_config(OmegaConf.select(config, "lte.loss", default=None))
-
-
-def check_config(config: DictConfig) -> None:
-    """Refuse configurations LTE cannot honour. Each error names the key and the fix."""
-    lte = lte_config(config)
-    rollout = config.actor_rollout_ref.rollout
-    errors: list[str] = []
-    try:  # the loss's own refusals: loss mode, behaviour log-probs, rollout correction
-        check_loss_config(OmegaConf.select(config, "lte.loss"), config.actor_rollout_ref, config.algorithm)
-    except ValueError as e:
-        errors.append(str(e))
-
-    def refuse(cond: bool, msg: str) -> None:
-        if cond:
-            errors.append(msg)
-
-    refuse(not config.trainer.get("use_v1", True), "trainer.use_v1=false: LTE extends the V1 trainer; set it true")
-    refuse(
-        config.trainer.v1.trainer_mode != "sync",
-        f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: LTE extends the sync trainer; set it to sync",
-    )
-    refuse(
-        config.algorithm.adv_estimator != "grpo",
-        f"algorithm.adv_estimator={config.algorithm.adv_estimator}: LTE is defined on GRPO's group advantages; "
-        "set algorithm.adv_estimator=grpo",
-    )
-    refuse(rollout.n < 2, f"actor_rollout_ref.rollout.n={rollout.n}: groups need at least 2 rollouts")
-    manager = rollout.get("agent", {}).get("agent_loop_manager_class")
-    refuse(
-        manager != f"{LTEAgentLoopManager.__module__}.{LTEAgentLoopManager.__qualname__}",
-        f"actor_rollout_ref.rollout.agent.agent_loop_manager_class={manager}: LTE's rollout stage is "
-        "recipe.lte.agent_loop.LTEAgentLoopManager; set it so",
-    )
-    rm = config.reward.get("reward_model", {})
-    refuse(
-        bool(rm.get("enable", False)) and not rm.get("enable_resource_pool", False),
-        "reward.reward_model.enable=true without reward.reward_model.enable_resource_pool: a colocated reward "
-        "model scores after rollout, but LTE must see scores during rollout; give it its own resource pool or "
-        "use the rule-based reward",
-    )
-    refuse(
-        bool(config.get("distillation", {}).get("enabled", False)),
-        "distillation.enabled=true: on-policy distillation is not supported with LTE; set it to false",
-    )
-    refuse(
-        bool(rollout.get("enable_rollout_routing_replay", False)),
-        "actor_rollout_ref.rollout.enable_rollout_routing_replay=true: routing records of hinted responses belong "
-        "to another prompt; set it to false",
-    )
-    if lte.mode == "lte":
-        room = rollout.prompt_length - config.data.max_prompt_length
-        refuse(
-            room < lte.min_hint_room_tokens,
-            f"actor_rollout_ref.rollout.prompt_length={rollout.prompt_length} leaves {room} tokens above "
-            f"data.max_prompt_length={config.data.max_prompt_length} for the hint, fewer than "
-            f"lte.min_hint_room_tokens={lte.min_hint_room_tokens}; raise rollout.prompt_length to at least "
-            f"{config.data.max_prompt_length + lte.min_hint_room_tokens}",
-        )
-        refuse(
-            not config.data.get("filter_overlong_prompts", False),
-            "data.filter_overlong_prompts=false: prompts longer than data.max_prompt_length would leave no room "
-            "for a hint; set it to true",
-        )
-    if errors:
-        raise ValueError("LTE cannot run with this configuration:\n  - " + "\n  - ".join(errors))
 
 
 def _is_number(v) -> bool:
@@ -155,10 +78,10 @@ class LTETrainer(PPOTrainerSync):
 
     def _report_step(self, step: int, lte_metrics: dict, metrics: dict) -> None:
         """One readable LTE line per step, and the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
-        (read by ``python -m recipe.lte.summary`` for the end-of-run table and plots)."""
+        (read by ``python -m recipe.lte.tools.summary`` for the end-of-run table and plots)."""
         print(format_step_line(step, lte_metrics), flush=True)
         record = {"step": step, **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
-        path = os.path.join(self.config.trainer.default_local_dir, METRICS_FILE)
+        path = os.path.join(self.config.trainer.default_local_dir, core.METRICS_FILE)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -174,8 +97,8 @@ class LTETrainer(PPOTrainerSync):
         )
         scores = [float(s.sum()) for s in data["rm_scores"].unbind()]
         passed = [s >= self.lte.pass_threshold for s in scores]
-        uids = np.array(data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"]), dtype=object)
-        rows = rows_from_fields(list(uids), {k: data[k] for k in ROW_FIELDS}, passed)
+        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
+        rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
         return core.step_metrics(rows)
 
 

@@ -60,16 +60,14 @@ class Tier:
     p_long: float
 
 
-# Chosen so that at G=4 about a third of the groups fail entirely (measured numbers: see the README section).
+# Chosen so that at G=4 about a quarter to a third of the groups fail entirely (docs/demo.md has the measurements).
 TIERS = {
     "easy": Tier("easy", p_correct=0.60, p_decoy=0.25, p_long=0.0),
     "hard": Tier("hard", p_correct=0.10, p_decoy=0.70, p_long=0.0),
     "long": Tier("long", p_correct=0.30, p_decoy=0.40, p_long=0.5),
 }
 # A problem's tier is its tens digit's. With the number in words, answer and tier are read off one or two word
-# tokens. Measured: "(a*b) mod 10" (a two-digit-token lookup) and "N mod 10" in digits (the Qwen2 pre-tokenizer
-# splits digits, so the model must find the units digit among other digits) stayed at chance success for 500
-# warm-up steps on most seeds once hinted prompts were 100+ tokens long; in words every seed learned by 300 steps.
+# tokens; tasks with digits stayed at chance (docs/demo.md, "Why these settings").
 TIER_BY_TENS = {1: "easy", 2: "hard", 3: "long", 4: "easy", 5: "hard", 6: "easy", 7: "long", 8: "hard", 9: "easy"}
 
 
@@ -203,14 +201,14 @@ def hinted_messages(problem: Problem, plan: HintPlan, hint: HintConfig | None = 
 
 
 def get_scorer() -> tuple[str, Callable[..., dict]]:
-    """(name, compute_score): the project's math reward (``verl_ext.reward_math``).
+    """(name, compute_score): the project's math reward (``verl_ext.reward.math_reward``).
 
     Called with ``allow_unboxed=False``: a demo response either ends in ``\\boxed{digit}`` or is filler with no
     digit at all, so math-verify's unboxed extraction (run in a worker process) could only ever return nothing.
     """
-    from verl_ext.reward_math import compute_score
+    from verl_ext.reward.math_reward import compute_score
 
-    return "verl_ext.reward_math.compute_score", functools.partial(compute_score, allow_unboxed=False)
+    return "verl_ext.reward.math_reward.compute_score", functools.partial(compute_score, allow_unboxed=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

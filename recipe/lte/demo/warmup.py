@@ -10,7 +10,7 @@ Read top to bottom:
    cross-entropy). The model then learns the distribution itself, not one noisy draw of it: warm-up converges
    in a few hundred steps and the result does not depend much on the seed.
 3. ``warmup``: AdamW with a cosine schedule; loss on response tokens only; half the examples hinted.
-4. ``build_demo``: tokenizer + model (``verl_ext.tiny_model.build_tiny_model``) + warm-up + a quality check
+4. ``build_demo``: tokenizer + model (``recipe.lte.demo.tiny_model.build_tiny_model``) + warm-up + a quality check
    (``recipe.lte.demo.measure``) + the RL parquet files, cached under a key that hashes every parameter and
    this code, so CI builds once and later calls reuse the build.
 """
@@ -51,8 +51,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    # Measured on 3 seeds: still at chance (success ~0.1) after 100-200 steps, then a quick jump to the designed
-    # behaviour; by 500 steps every seed had success 0.30-0.36 and a hinted rescue 0.19-0.28 above the unhinted.
+    # Enough for every seed tried to reach the designed behaviour (docs/demo.md, "Why these settings").
     steps: int = 500
     batch_size: int = 32
     lr: float = 3e-3
@@ -64,12 +63,11 @@ class WarmupConfig:
     check_rounds: int = 2  # rounds of G samples for every problem
     min_success: float = 0.20  # designed: 0.33; a model stuck at chance has about 0.1
     max_success: float = 0.50
-    min_rescue_gain: float = 0.10  # hinted minus unhinted rescue rate on none-pass groups; measured 0.19-0.28
+    min_rescue_gain: float = 0.10  # hinted minus unhinted rescue rate on none-pass groups (docs/demo.md)
     extra_steps: int = 200  # trained on when the check fails, at most ``max_extra_rounds`` times per seed
     max_extra_rounds: int = 2
     fallback_seeds: tuple[int, ...] = (1, 2)
-    # Measured: a step takes 0.17 s on one thread; on two threads 0.6-1.6 s whenever anything else runs on a
-    # 2-core machine (the matrices are too small to split, and the threads spin against each other).
+    # The matrices are too small to split: a second thread only spins against the first (docs/demo.md).
     torch_threads: int = 1
 
 
@@ -265,7 +263,7 @@ def cache_key(model_cfg: ModelConfig, cfg: WarmupConfig) -> str:
     }
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     here = Path(__file__).resolve().parent
-    for name in ("task.py", "warmup.py", "measure.py"):
+    for name in ("task.py", "warmup.py", "measure.py", "tiny_model.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -298,7 +296,7 @@ def _train_checked(model_dir: str, cfg: WarmupConfig, model_cfg: ModelConfig) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recipe.lte.demo.measure import measure
-    from verl_ext.tiny_model import build_tiny_model
+    from recipe.lte.demo.tiny_model import build_tiny_model
 
     tried = []
     for seed in (cfg.seed, *cfg.fallback_seeds):

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--benchmarks", nargs="+", help="data_source values to evaluate (default: all in --data)")
     gen.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
     gen.add_argument("--run-name", help="row label in tables (default: the model folder name)")
-    # Defaults: the common decoding setup of lte-method.md "Evaluation" (T 0.6, top_p 0.95, 8192 tokens, n 16).
+    # Defaults: the common decoding setup of docs/method.md "Evaluation" (T 0.6, top_p 0.95, 8192 tokens, n 16).
     gen.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
     gen.add_argument("--temperature", type=float, default=0.6)
     gen.add_argument("--top-p", type=float, default=0.95)

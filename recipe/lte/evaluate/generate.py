@@ -25,7 +25,7 @@ DATASET_TEMPLATE = "dataset"  # use the parquet's own prompt column as is
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Decoding settings; defaults are the common evaluation setup of lte-method.md ("Evaluation")."""
+    """Decoding settings; defaults are the common evaluation setup of docs/method.md ("Evaluation")."""
 
     n: int = 16
     temperature: float = 0.6

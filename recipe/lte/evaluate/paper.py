@@ -1,7 +1,7 @@
 """The paper's table layout and its published numbers (reference rows for ``compare``).
 
 Source: "Do Not Step Into the Same River Twice: Learning to Reason from Trial and Error" (Tang et al.,
-arXiv 2510.26109, ACL 2026), as summarised in the project's design notes (docs: lte-method.md, "Evaluation").
+arXiv 2510.26109, ACL 2026), as summarised in docs/method.md ("Evaluation").
 Only the six-benchmark AVERAGES are available to us; per-benchmark cells of the reference rows stay empty.
 The paper reports Pass@1 as mean accuracy over n = 16 or 32 samples and Pass@k with the unbiased estimator;
 the exact k of its Pass@k column is not stated in our source.
@@ -24,7 +24,7 @@ class Benchmark:
 
 
 # The paper's column order. Sizes: MATH-500 500, Minerva Math 272, OlympiadBench 675, AMC'23 40,
-# AIME'24 30, AIME'25 30 (the public sources named in lte-method.md "Evaluation").
+# AIME'24 30, AIME'25 30 (the public sources named in docs/method.md "Evaluation").
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("math", "MATH-500", 500),
     Benchmark("minerva", "Minerva", 272),
@@ -51,7 +51,7 @@ class PaperAverage:
         return f"paper: {self.model} {self.method}"
 
 
-# lte-method.md, "Reported averages over the six benchmarks (Pass@1 / Pass@k, %)".
+# docs/method.md, "Reported averages over the six benchmarks (Pass@1 / Pass@k, %)".
 PAPER_AVERAGES: tuple[PaperAverage, ...] = (
     PaperAverage("Qwen3-4B-Base", "base model", 22.59, 48.31),
     PaperAverage("Qwen3-4B-Base", "GRPO", 33.87, 47.52),

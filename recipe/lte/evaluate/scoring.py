@@ -17,12 +17,12 @@ def grader_name() -> str:
         mv = importlib.metadata.version("math-verify")
     except importlib.metadata.PackageNotFoundError:
         mv = "not installed"
-    return f"verl_ext.reward_math.compute_score (math-verify {mv})"
+    return f"verl_ext.reward.math_reward.compute_score (math-verify {mv})"
 
 
 def _score_one(item: tuple[str, str, Any]) -> dict[str, Any]:
     """Score one (data_source, response, ground_truth) with the project's reward."""
-    from verl_ext.reward_math import compute_score
+    from verl_ext.reward.math_reward import compute_score
 
     data_source, response, ground_truth = item
     result = compute_score(data_source, response, ground_truth)

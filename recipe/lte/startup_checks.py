@@ -1,0 +1,87 @@
+"""LTE's start-up checks: settings LTE cannot honour are refused before anything starts, each naming the key and
+the fix, all reported at once. Run by the entry point (``main_lte.prepare_config``) and again by ``LTETrainer``.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.lte import core
+from recipe.lte.agent_loop import LTEAgentLoopManager
+from verl_ext.loss.config import LTELossConfig, check_loss_config
+
+
+def lte_config(config: DictConfig) -> core.LTEConfig:
+    """``core.LTEConfig`` from the ``lte:`` block (validated)."""
+    block = config.get("lte", None)
+    return core.LTEConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
+def lte_loss_config(config: DictConfig) -> LTELossConfig:
+    """``LTELossConfig`` from ``lte.loss`` (validated)."""
+    return LTELossConfig.from_config(OmegaConf.select(config, "lte.loss", default=None))
+
+
+def check_config(config: DictConfig) -> None:
+    """Refuse configurations LTE cannot honour. Each error names the key and the fix."""
+    lte = lte_config(config)
+    rollout = config.actor_rollout_ref.rollout
+    errors: list[str] = []
+    try:  # the loss's own refusals: loss mode, behaviour log-probs, rollout correction
+        check_loss_config(OmegaConf.select(config, "lte.loss"), config.actor_rollout_ref, config.algorithm)
+    except ValueError as e:
+        errors.append(str(e))
+
+    def refuse(cond: bool, msg: str) -> None:
+        if cond:
+            errors.append(msg)
+
+    refuse(not config.trainer.get("use_v1", True), "trainer.use_v1=false: LTE extends the V1 trainer; set it true")
+    refuse(
+        config.trainer.v1.trainer_mode != "sync",
+        f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: LTE extends the sync trainer; set it to sync",
+    )
+    refuse(
+        config.algorithm.adv_estimator != "grpo",
+        f"algorithm.adv_estimator={config.algorithm.adv_estimator}: LTE is defined on GRPO's group advantages; "
+        "set algorithm.adv_estimator=grpo",
+    )
+    refuse(rollout.n < 2, f"actor_rollout_ref.rollout.n={rollout.n}: groups need at least 2 rollouts")
+    manager = rollout.get("agent", {}).get("agent_loop_manager_class")
+    refuse(
+        manager != f"{LTEAgentLoopManager.__module__}.{LTEAgentLoopManager.__qualname__}",
+        f"actor_rollout_ref.rollout.agent.agent_loop_manager_class={manager}: LTE's rollout stage is "
+        "recipe.lte.agent_loop.LTEAgentLoopManager; set it so",
+    )
+    rm = config.reward.get("reward_model", {})
+    refuse(
+        bool(rm.get("enable", False)) and not rm.get("enable_resource_pool", False),
+        "reward.reward_model.enable=true without reward.reward_model.enable_resource_pool: a colocated reward "
+        "model scores after rollout, but LTE must see scores during rollout; give it its own resource pool or "
+        "use the rule-based reward",
+    )
+    refuse(
+        bool(config.get("distillation", {}).get("enabled", False)),
+        "distillation.enabled=true: on-policy distillation is not supported with LTE; set it to false",
+    )
+    refuse(
+        bool(rollout.get("enable_rollout_routing_replay", False)),
+        "actor_rollout_ref.rollout.enable_rollout_routing_replay=true: routing records of hinted responses belong "
+        "to another prompt; set it to false",
+    )
+    if lte.mode == "lte":
+        room = rollout.prompt_length - config.data.max_prompt_length
+        refuse(
+            room < lte.min_hint_room_tokens,
+            f"actor_rollout_ref.rollout.prompt_length={rollout.prompt_length} leaves {room} tokens above "
+            f"data.max_prompt_length={config.data.max_prompt_length} for the hint, fewer than "
+            f"lte.min_hint_room_tokens={lte.min_hint_room_tokens}; raise rollout.prompt_length to at least "
+            f"{config.data.max_prompt_length + lte.min_hint_room_tokens}",
+        )
+        refuse(
+            not config.data.get("filter_overlong_prompts", False),
+            "data.filter_overlong_prompts=false: prompts longer than data.max_prompt_length would leave no room "
+            "for a hint; set it to true",
+        )
+    if errors:
+        raise ValueError("LTE cannot run with this configuration:\n  - " + "\n  - ".join(errors))

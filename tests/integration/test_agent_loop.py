@@ -1,0 +1,304 @@
+"""LTE's rollout stage through verl 0.9.1's real agent-loop code, real TransferQueue, real reward-loop workers.
+
+The only stand-in is the LLM server client (``ScriptedLLM``): vLLM cannot serve here, so it answers each prompt
+from a script -- per problem, one list of responses for the original prompt and one for the hinted prompt.
+Everything else is verl's: the dataset and collate function, the trainer's batch layout, the single-turn agent
+loop, the postprocess that writes rows to TransferQueue, and the reward-loop workers running our math reward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+N = 4  # G
+RESPONSE_LENGTH = 24
+HINT_MARK = "earlier attempts at this problem"  # in all three default templates
+LONG = "step " * 40  # more tokens than RESPONSE_LENGTH: a truncated response
+
+# problem tag -> (ground truth, original responses, hinted responses or an exception to raise)
+SCRIPT = {
+    "P_ALL": ("2", ["\\boxed{2}"] * 4, None),
+    "P_SOME": ("3", ["\\boxed{3}", "\\boxed{4}", "\\boxed{3}", "\\boxed{5}"], None),
+    # none truncated: distinct wrong answers 5 and 7 (5.0 is 5 under math equivalence, "" has no answer)
+    "P_HINT": ("6", ["\\boxed{5}", "\\boxed{5.0}", "\\boxed{7}", "no answer"], ["\\boxed{6}", "\\boxed{1}"] * 2),
+    # all truncated: concise; all 4 hinted correct, but one failure is kept (min_failures_kept=1)
+    "P_TRUNC": ("8", [LONG] * 4, ["\\boxed{8}"] * 4),
+    # some truncated: concise_hint listing 9; no hinted response is correct: nothing replaced
+    "P_SOMETRUNC": ("1", [LONG, LONG, "\\boxed{9}", "\\boxed{9}"], ["\\boxed{2}"] * 4),
+    # the hinted generation fails: the original group must survive unchanged
+    "P_ERROR": ("4", ["\\boxed{0}"] * 4, RuntimeError("server died")),
+}
+ORIG_LOGPROB, HINT_LOGPROB = -0.25, -1.5
+
+
+class ScriptedLLM:
+    """Stand-in for verl's LLM server client (the vLLM boundary). Records every prompt it receives."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prompts: list[str] = []
+        self.counters: dict[tuple[str, bool], int] = {}
+
+    async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        text = self.tokenizer.decode(prompt_ids)
+        self.prompts.append(text)
+        tag = next(t for t in sorted(SCRIPT, key=len, reverse=True) if t in text)
+        hinted = HINT_MARK in text
+        _, orig, hint = SCRIPT[tag]
+        if hinted and isinstance(hint, Exception):
+            raise hint
+        pool = hint if hinted else orig
+        i = self.counters.get((tag, hinted), 0)
+        self.counters[(tag, hinted)] = i + 1
+        ids = self.tokenizer.encode(pool[i % len(pool)], add_special_tokens=False)
+        ids = ids[:RESPONSE_LENGTH] if len(ids) >= RESPONSE_LENGTH else ids + [self.tokenizer.eos_token_id]
+        logprob = HINT_LOGPROB if hinted else ORIG_LOGPROB
+        return TokenOutput(token_ids=ids, log_probs=[logprob] * len(ids), stop_reason="completed")
+
+
+def _write_dataset(path, tags):
+    rows = []
+    for i, tag in enumerate(tags):
+        gt = SCRIPT[tag][0]
+        rows.append(
+            {
+                "data_source": "lte_test",
+                "prompt": [{"role": "user", "content": f"{tag}: compute it. Put the answer in \\boxed{{}}."}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": gt},
+                "extra_info": {"split": "train", "index": i},
+            }
+        )
+    pd.DataFrame(rows).to_parquet(path)
+
+
+def _config(tiny_model_dir, data_path, mode):
+    import verl_ext.reward.math_reward
+    from recipe.lte.main_lte import compose_config
+
+    return compose_config(
+        [
+            f"actor_rollout_ref.model.path={tiny_model_dir}",
+            f"data.train_files={data_path}",
+            f"data.val_files={data_path}",
+            "data.max_prompt_length=256",
+            f"data.max_response_length={RESPONSE_LENGTH}",
+            "actor_rollout_ref.rollout.prompt_length=1024",
+            f"actor_rollout_ref.rollout.n={N}",
+            "actor_rollout_ref.rollout.val_kwargs.n=2",
+            "reward.num_workers=1",
+            f"reward.custom_reward_function.path={verl_ext.reward.math_reward.__file__}",
+            f"lte.mode={mode}",
+        ]
+    )
+
+
+async def _run(worker, batch, partition):
+    import transfer_queue as tq
+
+    tags = [{"is_prompt": True, "status": "pending", "global_steps": 1} for _ in range(len(batch))]
+    await tq.async_kv_batch_put(keys=list(batch["uid"]), partition_id=partition, tags=tags)
+    await worker.generate_sequences(batch)
+    while worker.background_tasks:
+        await asyncio.gather(*list(worker.background_tasks))
+    return (await tq.async_kv_list(partition_id=partition))[partition]
+
+
+def _make_batch(config, tokenizer, data_path, uid_prefix, validate=False):
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    ds = RLHFDataset(data_files=[str(data_path)], tokenizer=tokenizer, config=config.data)
+    batch_dict = collate_fn([ds[i] for i in range(len(ds))])
+    batch_dict["uid"] = np.array([f"{uid_prefix}{i}" for i in range(len(ds))], dtype=object)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", 1)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def reward_handles(ray_tq, tiny_model_dir, tmp_path_factory):
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+
+    path = tmp_path_factory.mktemp("rl") / "d.parquet"
+    _write_dataset(path, ["P_ALL"])
+    return RewardLoopManager(_config(tiny_model_dir, path, "lte")).reward_loop_worker_handles
+
+
+def _worker(config, reward_handles):
+    from recipe.lte.agent_loop import LTEAgentLoopWorker
+
+    # In-process instance of the actor class: the scripted client then needs no pickling.
+    worker = LTEAgentLoopWorker(config, None, None, reward_handles)
+    worker.llm_client = ScriptedLLM(worker.tokenizer)
+    return worker
+
+
+def _read(keys, partition):
+    import transfer_queue as tq
+
+    from recipe.lte.agent_loop import ROW_FIELDS
+
+    fields = ["uid", "prompts", "responses", "rm_scores", "rollout_log_probs", *ROW_FIELDS]
+    data = tq.kv_batch_get(keys=keys, partition_id=partition, select_fields=fields)
+    rows = {}
+    for i, key in enumerate(keys):
+        rows[key] = {
+            "prompt_ids": data["prompts"][i].tolist(),
+            "response": data["responses"][i].tolist(),
+            "score": float(data["rm_scores"][i].sum()),
+            "logprobs": data["rollout_log_probs"][i].tolist(),
+            **{f: data[f][i].item() for f in ROW_FIELDS},
+        }
+    return rows
+
+
+def test_lte_mode_end_to_end_rollout_stage(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    from recipe.lte import core
+    from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
+
+    tags = list(SCRIPT)
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags)
+    config = _config(tiny_model_dir, data_path, "lte")
+    worker = _worker(config, reward_handles)
+    batch = _make_batch(config, worker.tokenizer, data_path, "lte-")
+    listed = asyncio.run(_run(worker, batch, "train"))
+
+    # Exactly G rows per prompt under keys {uid}_{0..G-1}_0, every prompt tagged finished.
+    uids = [f"lte-{i}" for i in range(len(tags))]
+    row_keys = sorted(k for k in listed if k.startswith("lte-") and k.count("_") == 2)
+    assert row_keys == sorted(f"{u}_{s}_0" for u in uids for s in range(N))
+    assert all(listed[u]["status"] == "finished" for u in uids)
+    rows = _read(row_keys, "train")
+    by_tag = {tag: [rows[f"lte-{i}_{s}_0"] for s in range(N)] for i, tag in enumerate(tags)}
+
+    def fields_of(tag, name):
+        return [r[name] for r in by_tag[tag]]
+
+    # Group classes before LTE.
+    expect_class = {"P_ALL": 0, "P_SOME": 1}
+    for tag in tags:
+        assert set(fields_of(tag, "lte_group_class")) == {expect_class.get(tag, 2)}
+
+    # Extra phases: kinds and statuses as the plan says.
+    kind, status = core.EXTRA_KIND_CODES, core.EXTRA_STATUS_CODES
+    assert fields_of("P_ALL", "lte_extra_status")[0] == status["not_needed"]
+    assert fields_of("P_HINT", "lte_extra_kind")[0] == kind["hint"]
+    assert fields_of("P_TRUNC", "lte_extra_kind")[0] == kind["concise"]
+    assert fields_of("P_SOMETRUNC", "lte_extra_kind")[0] == kind["concise_hint"]
+    assert fields_of("P_ERROR", "lte_extra_status")[0] == status["error"]
+    for tag in ("P_HINT", "P_TRUNC", "P_SOMETRUNC"):
+        assert fields_of(tag, "lte_extra_status")[0] == status["ran"]
+
+    # Replacements: G' = 2 -> 2 replaced; G' = 4 -> 3 replaced (one failure kept); G' = 0 -> none.
+    assert sum(fields_of("P_HINT", "lte_replaced")) == 2
+    assert sum(fields_of("P_TRUNC", "lte_replaced")) == 3
+    assert sum(fields_of("P_SOMETRUNC", "lte_replaced")) == 0
+    assert fields_of("P_HINT", "lte_extra_correct")[0] == 2
+    assert fields_of("P_TRUNC", "lte_extra_correct")[0] == 4
+
+    # Replaced rows: off-policy, correct, under the ORIGINAL prompt ids, with the hinted behaviour log-probs.
+    for tag in tags:
+        original_prompt = next(r["prompt_ids"] for r in by_tag[tag] if not r["lte_replaced"])
+        for r in by_tag[tag]:
+            assert r["prompt_ids"] == original_prompt
+            assert r["lte_off_policy"] == r["lte_replaced"]
+            if r["lte_replaced"]:
+                assert r["score"] == 1.0 and r["lte_orig_pass"] == 0.0
+                assert all(math.isclose(lp, HINT_LOGPROB) for lp in r["logprobs"])
+            else:
+                assert all(math.isclose(lp, ORIG_LOGPROB) for lp in r["logprobs"])
+    # The errored group is the original group, untouched.
+    assert fields_of("P_ERROR", "score") == [0.0] * N and sum(fields_of("P_ERROR", "lte_replaced")) == 0
+
+    # The hint text that was sent: distinct wrong answers in first-seen order, 5.0 folded into 5.
+    hinted = [p for p in worker.llm_client.prompts if HINT_MARK in p]
+    p_hint = next(p for p in hinted if "P_HINT" in p)
+    assert "- 5\n- 7\n" in p_hint and "5.0" not in p_hint
+    assert "Do not give any of these answers again" in p_hint and "Do not mention this note" in p_hint
+    p_st = next(p for p in hinted if "P_SOMETRUNC" in p)
+    assert "- 9\n" in p_st and "Think concisely" in p_st
+    assert "- " not in next(p for p in hinted if "P_TRUNC:" in p).split("Note:")[1]
+    assert not any(t in p for p in hinted for t in ("P_ALL", "P_SOME:"))
+    assert sum("P_HINT" in p for p in hinted) == N  # G extra rollouts
+
+    # The step metrics read back from the rows.
+    keys = sorted(rows)
+    read = _read(keys, "train")
+    fields = {f: torch.tensor([read[k][f] for k in keys]) for f in ROW_FIELDS}
+    infos = rows_from_fields([k.rsplit("_", 2)[0] for k in keys], fields, [read[k]["score"] >= 1.0 for k in keys])
+    m = core.step_metrics(infos)
+    assert m["lte/groups/none_pass_before"] == 4 and m["lte/groups/some_pass_before"] == 1
+    assert m["lte/groups/none_pass_after"] == 2 and m["lte/groups/some_pass_after"] == 3
+    assert m["lte/extra/rescued"] == 2 and m["lte/extra/replaced"] == 5 and m["lte/extra/error"] == 1
+    assert m["lte/on_policy_acc"] == pytest.approx(6 / 24)
+
+
+def test_grpo_extra_mode_is_unhinted_and_on_policy(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, ["P_TRUNC", "P_SOME"])
+    config = _config(tiny_model_dir, data_path, "grpo_extra")
+    worker = _worker(config, reward_handles)
+    listed = asyncio.run(_run(worker, _make_batch(config, worker.tokenizer, data_path, "gx-"), "train"))
+    keys = sorted(k for k in listed if k.startswith("gx-") and k.count("_") == 2)
+    rows = _read(keys, "train")
+    assert not any(HINT_MARK in p for p in worker.llm_client.prompts)
+    # Unhinted extras of P_TRUNC are all truncated (the script repeats the original answers): nothing replaced.
+    assert sum(rows[f"gx-0_{s}_0"]["lte_replaced"] for s in range(N)) == 0
+    assert rows["gx-0_0_0"]["lte_extra_kind"] == 3 and rows["gx-0_0_0"]["lte_extra_status"] == 1
+    assert all(r["lte_off_policy"] == 0.0 for r in rows.values())
+    assert sum(p.count("P_TRUNC") for p in worker.llm_client.prompts) == 2 * N
+
+
+def test_grpo_mode_and_validation_take_no_extra_phase(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, ["P_HINT"])
+    config = _config(tiny_model_dir, data_path, "grpo")
+    worker = _worker(config, reward_handles)
+    listed = asyncio.run(_run(worker, _make_batch(config, worker.tokenizer, data_path, "g-"), "train"))
+    keys = sorted(k for k in listed if k.startswith("g-") and k.count("_") == 2)
+    assert len(keys) == N and len(worker.llm_client.prompts) == N
+    assert all(r["lte_extra_status"] == 0 for r in _read(keys, "train").values())
+
+    # Validation: verl's path, untouched -- val_kwargs.n rows, no LTE fields, no extra rollouts.
+    import transfer_queue as tq
+
+    config = _config(tiny_model_dir, data_path, "lte")
+    worker = _worker(config, reward_handles)
+    listed = asyncio.run(_run(worker, _make_batch(config, worker.tokenizer, data_path, "v-", validate=True), "val"))
+    keys = sorted(k for k in listed if k.startswith("v-") and k.count("_") == 2)
+    assert len(keys) == 2 and not any(HINT_MARK in p for p in worker.llm_client.prompts)
+    data = tq.kv_batch_get(keys=keys, partition_id="val")
+    assert "lte_off_policy" not in data.keys()
+
+
+def test_hint_that_does_not_fit_is_skipped_and_counted(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, ["P_HINT"])
+    config = _config(tiny_model_dir, data_path, "lte")
+    worker = _worker(config, reward_handles)
+    batch = _make_batch(config, worker.tokenizer, data_path, "long-")
+    # Leave no room: the prompt fits exactly, any hint does not.
+    prompt_len = int(batch["attention_mask"][0].sum()) if "attention_mask" in batch else None
+    messages = list(batch["raw_prompt"][0])
+    ids = worker.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    own = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    assert prompt_len is None or prompt_len == own
+    worker.config.actor_rollout_ref.rollout.prompt_length = own
+    listed = asyncio.run(_run(worker, batch, "train"))
+    keys = sorted(k for k in listed if k.startswith("long-") and k.count("_") == 2)
+    rows = _read(keys, "train")
+    assert len(keys) == N
+    assert all(r["lte_extra_status"] == 2 for r in rows.values())  # skipped_too_long
+    assert not any(HINT_MARK in p for p in worker.llm_client.prompts)

@@ -1,0 +1,126 @@
+"""The CPU platform's workarounds (verl_ext/cpu/workarounds/) and its env and overrides, in-process: each workaround
+is pinned to the installed upstream version, the patches do what they say, the overrides name real verl keys."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from verl_ext.cpu.env import ACTIVATE_MODULE, cpu_env, cpu_overrides
+from verl_ext.cpu.workarounds import all_workarounds
+from verl_ext.cpu.workarounds.stdlib import vllm_version_with_cpu_fallback
+from verl_ext.cpu.workarounds.verl_0_9_1 import cpu_process_group_backend
+from verl_ext.cpu.workarounds.vllm_cpu_0_31 import dispatch_plain_cpu_gemm
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_workaround_is_pinned_to_the_installed_version():
+    """An upgrade of verl, vllm-cpu, Ray or TransferQueue fails here: re-check that upstream's workarounds, then
+    update their pinned version (or delete those no longer needed)."""
+    stale = [
+        f"{w.upstream} {w.version} (installed {importlib.metadata.version(w.upstream)}): {w.target}"
+        for w in all_workarounds()
+        if importlib.metadata.version(w.upstream) != w.version
+    ]
+    assert not stale, "re-check these workarounds against the new version:\n" + "\n".join(stale)
+
+
+def test_every_workaround_says_what_why_and_when_to_delete():
+    for w in all_workarounds():
+        assert all(len(x) > 10 for x in (w.target, w.symptom, w.fix, w.delete_when)), w
+
+
+def test_importing_the_workarounds_changes_nothing():
+    code = (
+        "import importlib.metadata as m, verl_ext.cpu.env, verl_ext.cpu.workarounds as w; w.all_workarounds();"
+        "import verl.utils.distributed as d;"
+        "print(hasattr(m.version, '_lte_vllm_cpu_fallback'), hasattr(d.initialize_global_process_group_ray,"
+        " '_lte_cpu_patched'))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["False", "False"]
+
+
+def test_process_group_backend_is_not_duplicated() -> None:
+    assert cpu_process_group_backend(None) == "cpu:gloo"
+    assert cpu_process_group_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
+
+
+def test_vllm_version_falls_back_to_the_cpu_distribution() -> None:
+    installed = {"vllm-cpu": "0.31.0", "verl": "0.9.1"}
+
+    def version(name: str) -> str:  # stand-in for importlib.metadata.version over a fixed set of dists
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    patched = vllm_version_with_cpu_fallback(version)
+    # Same string as vllm-cpu's own probe (vllm.platforms.vllm_version_matches_substr), so it still says "cpu".
+    assert patched("vllm") == "0.31.0+cpu"
+    assert patched("verl") == "0.9.1"
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        patched("sglang")
+    assert vllm_version_with_cpu_fallback(patched) is patched
+    installed["vllm"] = "0.24.0"  # a real vllm wins
+    assert patched("vllm") == "0.24.0"
+    del installed["vllm"], installed["vllm-cpu"]
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        patched("vllm")
+
+
+def test_cpu_env_appends_the_plugin_module_once() -> None:
+    env = cpu_env({"VERL_USE_EXTERNAL_MODULES": "my.plugin"})
+    assert env["VERL_USE_EXTERNAL_MODULES"] == f"my.plugin,{ACTIVATE_MODULE}"
+    assert cpu_env(env)["VERL_USE_EXTERNAL_MODULES"] == env["VERL_USE_EXTERNAL_MODULES"]
+    assert (env["VERL_PLATFORM"], env["VERL_ENGINE_DEVICE"], env["VLLM_TARGET_DEVICE"]) == ("cpu", "cuda", "cpu")
+
+
+def test_cpu_overrides_compose_with_verls_trainer_config() -> None:
+    """Every override names a real key (or adds one with '+'): hydra rejects a misspelled key."""
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=cpu_overrides(num_cpus=12, ray_temp_dir="/tmp/lte-ray-x"))
+    assert cfg.ray_kwargs.ray_init.num_cpus == 12
+    assert cfg.ray_kwargs.ray_init.num_gpus == 1
+    assert cfg.ray_kwargs.ray_init.address == "local"
+    assert cfg.ray_kwargs.ray_init._temp_dir == "/tmp/lte-ray-x"
+    assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    assert cfg.actor_rollout_ref.actor.strategy == cfg.actor_rollout_ref.ref.strategy == "fsdp2"
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    rollout = cfg.actor_rollout_ref.rollout
+    assert (rollout.free_cache_engine, rollout.enable_sleep_mode, rollout.enforce_eager) == (False, False, True)
+    assert rollout.load_format == "auto"
+    assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "sync"
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+
+def test_plain_cpu_gemm_reads_the_live_weight() -> None:
+    layer = _Layer(torch.randn(3, 4))
+    dispatch_plain_cpu_gemm(lambda *a: pytest.fail("2-D weights must not reach vLLM's dispatch"))(layer, True)
+    x = torch.randn(2, 4)
+    bias = torch.randn(3)
+    assert torch.allclose(layer.cpu_linear(x, layer.weight, bias), x @ layer.weight.T + bias)
+    layer.weight.data.copy_(torch.eye(3, 4))  # what a weight sync does: in-place
+    assert torch.allclose(layer.cpu_linear(x, layer.weight, None), x[:, :3])
+    assert layer.weight.shape == (3, 4)
+
+
+def test_non_2d_weights_keep_vllms_dispatch() -> None:
+    calls = []
+    layer = _Layer(torch.randn(4, 1, 3))
+    dispatch_plain_cpu_gemm(lambda lyr, remove: calls.append((lyr, remove)))(layer, False)
+    assert calls == [(layer, False)]

@@ -1,0 +1,440 @@
+"""The loss inside verl (verl_ext/loss/ppo_loss.py): aggregated as verl aggregates, against hand computations in plain
+Python floats (tests/unit/loss_reference.py), against verl's vanilla PPO loss, and through verl's real `ppo_loss` on
+micro-batches built the way verl builds them."""
+
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+from itertools import chain
+
+import pytest
+import torch
+from loss_reference import (
+    AGG_MODES,
+    CLIP_C,
+    CLIP_HI,
+    CLIP_LO,
+    GAMMA,
+    OFF_POLICY_MODES,
+    hand_mixed,
+    hand_off,
+    hand_ppo,
+    make_batch,
+    to_tensors,
+)
+from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn
+from verl.trainer.ppo.padding_utils import SYNTHETIC_PADDING_SEQ_LEN
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import Metric, reduce_metrics
+from verl.utils.py_functional import append_to_dict
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.config import ActorConfig
+from verl.workers.config.actor import PolicyLossConfig
+from verl.workers.engine.utils import prepare_micro_batches
+from verl.workers.utils.losses import ppo_loss
+
+from verl_ext.loss.config import LOSS_MODE, LTELossConfig, check_loss_config
+from verl_ext.loss.ppo_loss import (
+    OFF_POLICY_FIELD,
+    compute_mixed_policy_loss,
+    lte_ppo_loss,
+    make_lte_loss_fn,
+    register_lte_policy_loss,
+)
+
+
+def run_mixed(t, **kwargs):
+    kwargs = {"clip_ratio_low": CLIP_LO, "clip_ratio_high": CLIP_HI, "clip_ratio_c": CLIP_C, "gamma": GAMMA} | kwargs
+    loss, metrics = compute_mixed_policy_loss(
+        t["old"], t["log_prob"], t["adv"], t["mask"], t["off"], behavior_log_prob=t["beh"], **kwargs
+    )
+    (grad,) = torch.autograd.grad(loss, t["log_prob"])
+    return loss, grad, metrics
+
+
+def actor_config(loss_agg_mode="token-mean", loss_mode="vanilla", **kw) -> ActorConfig:
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=1,
+        ppo_micro_batch_size_per_gpu=2,
+        clip_ratio_low=CLIP_LO,
+        clip_ratio_high=CLIP_HI,
+        clip_ratio_c=CLIP_C,
+        loss_agg_mode=loss_agg_mode,
+        policy_loss=PolicyLossConfig(loss_mode=loss_mode),
+        **kw,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# values and gradients against hand computations
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("mode", OFF_POLICY_MODES)
+def test_loss_and_grad_match_hand_computation(mode, agg):
+    batch = make_batch(seed=0)
+    loss, grad, _ = run_mixed(to_tensors(batch), off_policy_mode=mode, loss_agg_mode=agg)
+    want_loss, want_grad = hand_mixed(batch, mode, agg)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-9, abs=1e-12)
+    torch.testing.assert_close(grad, torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("mode", ["behavior_ratio", "luffy_prob"])
+def test_separate_normalisers_match_hand(mode, agg):
+    """aggregation='separate': (1/Z) sum over on-policy + (1/Z') sum over off-policy, single micro-batch."""
+    batch = make_batch(seed=2)
+    loss, grad, _ = run_mixed(to_tensors(batch), off_policy_mode=mode, loss_agg_mode=agg, aggregation="separate")
+    want_loss, want_grad = hand_mixed(batch, mode, agg, aggregation="separate")
+    assert loss.item() == pytest.approx(want_loss, rel=1e-9)
+    torch.testing.assert_close(grad, torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    # with verl's global info for a mini-batch that is this one micro-batch, the estimate is exact
+    t = to_tensors(batch)
+    n_tok, n_rows = int(t["mask"].sum()), int((t["mask"].sum(-1) > 0).sum())
+    info = {"dp_size": 1, "batch_num_tokens": n_tok, "global_batch_size": n_rows, "loss_scale_factor": None}
+    loss_g, grad_g, _ = run_mixed(t, off_policy_mode=mode, loss_agg_mode=agg, aggregation="separate",
+                                  global_batch_info=info)  # fmt: skip
+    assert loss_g.item() == pytest.approx(want_loss, rel=1e-9)
+    torch.testing.assert_close(grad_g, grad, rtol=1e-9, atol=1e-12)
+
+
+def test_separate_with_an_empty_part_is_finite():
+    for off in ((0,) * 7, (1,) * 7):
+        batch = make_batch(seed=3, off=off)
+        loss, grad, _ = run_mixed(to_tensors(batch), aggregation="separate")
+        want, _ = hand_mixed(batch, "behavior_ratio", "token-mean", aggregation="separate")
+        assert loss.item() == pytest.approx(want, rel=1e-9)
+        assert torch.isfinite(grad).all()
+
+
+def test_separate_refuses_token_sum():
+    with pytest.raises(ValueError, match="normalising loss_agg_mode"):
+        run_mixed(to_tensors(make_batch()), loss_agg_mode="token-sum", aggregation="separate")
+
+
+GLOBAL_INFOS = [{}, {"dp_size": 2, "batch_num_tokens": 61, "global_batch_size": 16, "loss_scale_factor": None}]
+
+
+@pytest.mark.parametrize("with_is_weights", [False, True])
+@pytest.mark.parametrize("info", GLOBAL_INFOS, ids=["local", "global"])
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("mode", OFF_POLICY_MODES)
+def test_no_off_policy_rows_equals_vanilla_exactly(mode, agg, info, with_is_weights):
+    """float32, as in training: loss and gradient bit-for-bit equal to compute_policy_loss_vanilla; its metrics
+    to float32 rounding (counted exactly here, summed in float32 there)."""
+    batch = make_batch(seed=4, off=(0,) * 7)
+    t = to_tensors(batch, dtype=torch.float32)
+    weights = torch.rand(t["adv"].shape, generator=torch.Generator().manual_seed(5)) * 2 if with_is_weights else None
+    config = actor_config(agg)
+    config.global_batch_info.update(info)
+    lp_vanilla = t["log_prob"].detach().clone().requires_grad_(True)
+    want, want_metrics = compute_policy_loss_vanilla(
+        t["old"], lp_vanilla, t["adv"], t["mask"], agg, config=config, rollout_is_weights=weights
+    )
+    (want_grad,) = torch.autograd.grad(want, lp_vanilla)
+    loss, grad, metrics = run_mixed(
+        t, off_policy_mode=mode, loss_agg_mode=agg, global_batch_info=info, rollout_is_weights=weights
+    )
+    assert torch.equal(loss, want)
+    assert torch.equal(grad, want_grad)
+    for k, v in want_metrics.items():
+        assert metrics[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+def test_on_policy_ablation_equals_vanilla_with_flags_set(agg):
+    batch = make_batch(seed=6)
+    t = to_tensors(batch, dtype=torch.float32)
+    lp_vanilla = t["log_prob"].detach().clone().requires_grad_(True)
+    want, _ = compute_policy_loss_vanilla(t["old"], lp_vanilla, t["adv"], t["mask"], agg, config=actor_config(agg))
+    (want_grad,) = torch.autograd.grad(want, lp_vanilla)
+    loss, grad, metrics = run_mixed(t, off_policy_mode="on_policy", loss_agg_mode=agg)
+    assert torch.equal(loss, want) and torch.equal(grad, want_grad)
+    assert "actor/lte/f_mean" not in metrics and metrics["actor/lte/off_policy_tokens"] == 5 + 6 + 4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# masks, padding rows, all-off-policy, extremes, micro-batching
+
+
+def test_padding_rows_contribute_nothing():
+    """A padding row (response_mask all zero) flagged off-policy, with garbage values, changes nothing."""
+    batch = make_batch(seed=7)
+    t = to_tensors(batch)
+    t["log_prob"].data[4] = 5.0
+    t["beh"][4] = -300.0
+    t["adv"][4] = 1e6
+    loss, grad, metrics = run_mixed(t)
+    keep = [i for i in range(7) if i != 4]
+    sub = {k: [v[i] for i in keep] for k, v in batch.items()}
+    want, want_grad = hand_mixed(sub, "behavior_ratio", "token-mean")
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+    assert torch.equal(grad[4], torch.zeros(7, dtype=torch.float64))
+    torch.testing.assert_close(grad[keep], torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    assert metrics["actor/lte/off_policy_tokens"] == 5 + 6 + 4 and metrics["actor/lte/on_policy_tokens"] == 7 + 3 + 2
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("mode", ["behavior_ratio", "luffy_prob"])
+def test_all_off_policy_batch(mode, agg):
+    batch = make_batch(seed=9, off=(1,) * 7)
+    loss, grad, m = run_mixed(to_tensors(batch), off_policy_mode=mode, loss_agg_mode=agg)
+    want, want_grad = hand_mixed(batch, mode, agg)
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+    torch.testing.assert_close(grad, torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    assert m["actor/lte/on_policy_tokens"] == 0 and "actor/lte/on_policy_clipfrac" not in m
+    assert m["actor/lte/off_policy_loss_share"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["behavior_ratio", "luffy_prob"])
+def test_hinted_padding_rows_only_still_equal_vanilla_exactly(mode):
+    """verl's padding rows copy row 0's fields, so they can carry flag 1; with no real hinted row the loss must
+    still be verl's vanilla bit for bit."""
+    batch = make_batch(seed=12, off=(0, 0, 0, 0, 1, 0, 0))  # row 4 is the padding row
+    t = to_tensors(batch, dtype=torch.float32)
+    lp_vanilla = t["log_prob"].detach().clone().requires_grad_(True)
+    want, _ = compute_policy_loss_vanilla(
+        t["old"], lp_vanilla, t["adv"], t["mask"], "token-mean", config=actor_config()
+    )
+    (want_grad,) = torch.autograd.grad(want, lp_vanilla)
+    loss, grad, m = run_mixed(t, off_policy_mode=mode)
+    assert torch.equal(loss, want) and torch.equal(grad, want_grad)
+    assert m["actor/lte/off_policy_tokens"] == 0
+
+
+@pytest.mark.parametrize("aggregation", ["global", "separate"])
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("mode", OFF_POLICY_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_log_ratios_stay_finite(mode, agg, aggregation, dtype):
+    B, T = 4, 6
+    lp = torch.tensor([[-1e4, -80.0, -1e-7, 0.0, -30.0, -5.0]] * B, dtype=dtype)
+    old = torch.tensor([[0.0, -1e4, -1e4, -1e-9, 50.0, -5.0]] * B, dtype=dtype)
+    beh = torch.tensor([[0.0, -1e4, 1e4, -1e4, -1e-9, -1e4]] * B, dtype=dtype)
+    adv = torch.tensor([[1e4], [-1e4], [1.0], [-1.0]], dtype=dtype).expand(B, T).contiguous()
+    t = {"log_prob": lp.requires_grad_(True), "old": old, "beh": beh, "adv": adv}
+    t["mask"] = torch.ones(B, T, dtype=torch.bool)
+    t["off"] = torch.tensor([True, False, True, False])
+    loss, grad, metrics = run_mixed(t, off_policy_mode=mode, loss_agg_mode=agg, aggregation=aggregation)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean"])
+def test_global_aggregation_is_micro_batch_invariant(agg):
+    """With verl's global batch info, summed micro-batch losses equal the whole mini-batch's (verl's guarantee)."""
+    batch = make_batch(seed=11, lengths=(7, 5, 3, 6, 0, 2, 4, 1), off=(0, 1, 0, 1, 1, 0, 1, 1))
+    t = to_tensors(batch)
+    info = {"dp_size": 1, "batch_num_tokens": int(t["mask"].sum()), "global_batch_size": 8, "loss_scale_factor": None}
+    whole, whole_grad, _ = run_mixed(t, loss_agg_mode=agg, global_batch_info=info)
+    total = 0.0
+    for s in (slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)):
+        part = {k: (v[s] if k != "log_prob" else v.detach()[s].clone().requires_grad_(True)) for k, v in t.items()}
+        loss, _, _ = run_mixed(part, loss_agg_mode=agg, global_batch_info=info)
+        total += loss.item()
+    assert total == pytest.approx(whole.item(), rel=1e-12)
+    assert torch.isfinite(whole_grad).all()
+
+
+def test_registered_lte_mixed_refuses_to_run_without_the_lte_loss_fn():
+    t = to_tensors(make_batch(), dtype=torch.float32)
+    register_lte_policy_loss()
+    fn = get_policy_loss_fn(LOSS_MODE)
+    with pytest.raises(RuntimeError, match="set_loss_fn"):
+        fn(t["old"], t["log_prob"], t["adv"], t["mask"], "token-mean", actor_config(loss_mode=LOSS_MODE), None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# once through verl's real ppo_loss, on micro-batches built the way verl builds them
+
+
+def tq_mini_batch(specs, seed=0, micro_batch_size=2):
+    """Rows as the agent loop writes them to TransferQueue (AgentLoopOutput.as_dict + _agent_loop_postprocess),
+    plus the fields the trainer adds (old_log_probs, ref_log_prob, advantages: nested per response), a verl
+    synthetic padding row (padding_utils.construct_minimal_padding_template: 1-token response, mask 0, flag copied
+    from row 0), then the engine's global token count and verl's own micro-batch split."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for prompt_len, resp_len, off in specs:
+        prompts = torch.randint(3, 60, (prompt_len,), generator=g)
+        responses = torch.randint(3, 60, (resp_len,), generator=g)
+        mask = torch.ones(resp_len, dtype=torch.int64)
+        input_ids = torch.cat([prompts, responses])
+        rows.append(
+            {
+                "prompts": prompts,
+                "responses": responses,
+                "response_mask": mask,
+                "loss_mask": mask,
+                "input_ids": input_ids,
+                "position_ids": torch.arange(input_ids.numel()),
+                "rollout_log_probs": -torch.rand(resp_len, generator=g) * 3,
+                OFF_POLICY_FIELD: torch.tensor(float(off)),
+                "old_log_probs": -torch.rand(resp_len, generator=g) * 3,
+                "ref_log_prob": -torch.rand(resp_len, generator=g) * 3,
+                "advantages": torch.full((resp_len,), float(torch.randn((), generator=g))),
+            }
+        )
+    pad = {k: v.clone() for k, v in rows[0].items()}
+    pad_prompts = torch.full((SYNTHETIC_PADDING_SEQ_LEN - 1,), 2)
+    pad_resp = torch.full((1,), 2)
+    zeros = torch.zeros(1, dtype=torch.int64)
+    pad.update(prompts=pad_prompts, responses=pad_resp, response_mask=zeros, loss_mask=zeros,
+               input_ids=torch.cat([pad_prompts, pad_resp]), position_ids=torch.arange(SYNTHETIC_PADDING_SEQ_LEN),
+               rollout_log_probs=torch.zeros(1), old_log_probs=torch.zeros(1), ref_log_prob=torch.zeros(1),
+               advantages=torch.zeros(1))  # fmt: skip
+    rows.append(pad)
+    data = list_of_dict_to_tensordict(rows)
+    # what FSDPEngine.forward_backward_batch assigns before splitting (dp_size 1 here)
+    tu.assign_non_tensor(data, batch_num_tokens=int(data["loss_mask"].values().sum()), dp_size=1)
+    tu.assign_non_tensor(data, global_batch_size=len(rows), use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
+    micro_batches, _ = prepare_micro_batches(data, dp_group=None, same_micro_num_in_dp=True)
+    return rows, micro_batches
+
+
+def model_output_for(micro_batch, seed):
+    """What the engine hands the loss in no-padding mode: nested [b, j] per-position log-probs and entropy of the
+    whole sequence (position k predicts token k+1). The leaf `values` lets the test read gradients."""
+    n = int(micro_batch["input_ids"].values().numel())
+    g = torch.Generator().manual_seed(seed)
+    values = (-torch.rand(n, generator=g) * 3).requires_grad_(True)
+    offsets = micro_batch["input_ids"].offsets()
+    entropy = torch.rand(n, generator=g).requires_grad_(True)
+    return values, {
+        "log_probs": torch.nested.nested_tensor_from_jagged(values, offsets=offsets),
+        "entropy": torch.nested.nested_tensor_from_jagged(entropy, offsets=offsets),
+    }
+
+
+SPECS = [(5, 6, 0), (3, 4, 1), (6, 2, 0), (4, 7, 1), (2, 5, 1)]  # (prompt_len, response_len, hinted)
+
+
+def _run_all(loss_fn, micro_batches, seeds):
+    total, grads, metrics = 0.0, [], []
+    for mb, seed in zip(micro_batches, seeds, strict=True):
+        values, out = model_output_for(mb, seed)
+        loss, m = loss_fn(model_output=out, data=mb, dp_group=None)
+        loss.backward()
+        total += loss.item()
+        grads.append(values.grad)
+        metrics.append(m)
+    return total, grads, metrics
+
+
+def test_through_verl_ppo_loss_equals_vanilla_without_hinted_rows():
+    """Flags all 0 -> lte_ppo_loss is verl's ppo_loss (policy loss, entropy bonus, KL loss, metrics), exactly."""
+    specs = [(p, r, 0) for p, r, _ in SPECS]
+    kw = {"entropy_coeff": 0.01, "use_kl_loss": True, "kl_loss_coef": 0.05, "kl_loss_type": "low_var_kl"}
+    vanilla = functools.partial(ppo_loss, config=actor_config(**kw))
+    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE, **kw), {"gamma": 0.1})
+    seeds = [10, 11, 12]
+    _, mbs_a = tq_mini_batch(specs)
+    _, mbs_b = tq_mini_batch(specs)
+    total_a, grads_a, metrics_a = _run_all(vanilla, mbs_a, seeds)
+    total_b, grads_b, metrics_b = _run_all(lte, mbs_b, seeds)
+    assert total_a == total_b
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.equal(ga, gb)
+    for ma, mb in zip(metrics_a, metrics_b, strict=True):
+        for k, v in ma.items():
+            va, vb = (v.values, mb[k].values) if isinstance(v, Metric) else ([v], [mb[k]])
+            assert type(v) is type(mb[k]) and (not isinstance(v, Metric) or v.aggregation == mb[k].aggregation), k
+            assert vb == pytest.approx(va, rel=1e-6, abs=1e-7), k  # clip fractions: float32 rounding in verl's
+        assert mb["actor/lte/off_policy_tokens"].values == [0]
+
+
+def test_through_verl_ppo_loss_with_hinted_rows_matches_hand():
+    """Hinted rows get -A f(pi_theta/pi_behaviour), the padding row nothing; summed over verl's micro-batches the loss
+    is the global token-mean, and the gradient on the model's log-prob output is the hand one."""
+    rows, mbs = tq_mini_batch(SPECS, seed=3)
+    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), LTELossConfig())
+    pickle.loads(pickle.dumps(lte))  # set_loss_fn ships it to Ray workers
+    seeds = [20, 21, 22]
+    total, grads, metrics = _run_all(lte, mbs, seeds)
+
+    z = sum(len(r["responses"]) for r in rows[:-1])  # the padding row has no loss tokens
+    want = 0.0
+    row = 0
+    for mb, seed, grad in zip(mbs, seeds, grads, strict=True):
+        values, _ = model_output_for(mb, seed)
+        seq_ends = mb["input_ids"].offsets()[1:].tolist()
+        for end in seq_ends:
+            r = rows[row]
+            resp_len = len(r["responses"])
+            for t in range(resp_len):
+                pos = end - resp_len - 1 + t  # position predicting response token t
+                lp, a = values[pos].item(), r["advantages"][t].item()
+                if not r["response_mask"][t]:
+                    want_l, want_g = 0.0, 0.0
+                elif r[OFF_POLICY_FIELD]:
+                    want_l, want_g = hand_off(lp, r["rollout_log_probs"][t].item(), a)
+                else:
+                    want_l, want_g = hand_ppo(lp, r["old_log_probs"][t].item(), a)
+                want += want_l / z
+                assert grad[pos].item() == pytest.approx(want_g / z, rel=1e-5, abs=1e-9)
+            row += 1
+    assert row == len(rows)
+    assert total == pytest.approx(want, rel=1e-5)
+
+    # verl's metric path: per micro-batch append (postprocess_batch_func), DP gather (1 rank), then
+    # TrainingWorker.train_mini_batch's flattening and the trainer's reduce_metrics
+    per_rank = {}
+    for m in metrics:
+        append_to_dict(per_rank, m)
+    gathered = {k: [v] for k, v in per_rank.items()}
+    flat = {k: Metric.aggregate_dp(v) if isinstance(v[0], Metric) else list(chain.from_iterable(v)) for k, v in gathered.items()}  # fmt: skip
+    final = {}
+    append_to_dict(final, flat)
+    reduced = reduce_metrics(final)
+    assert reduced["actor/lte/off_policy_tokens"] == 4 + 7 + 5
+    assert reduced["actor/lte/on_policy_tokens"] == 6 + 2
+    assert "actor/pg_loss" in reduced and "actor/lte/f_mean" in reduced
+    # micro-batches: rows (0,1), (2,3), (4,pad): each has hinted tokens -> f_mean is the mean of three micro means
+    assert len(flat["actor/lte/f_mean"]) == 3
+
+
+def test_through_verl_ppo_loss_errors():
+    rows, mbs = tq_mini_batch(SPECS)
+    values, out = model_output_for(mbs[0], 0)
+    with pytest.raises(ValueError, match="loss_mode=lte_mixed|set it to lte_mixed"):
+        lte_ppo_loss(actor_config(), out, mbs[0], lte_loss=LTELossConfig())
+    no_flag = mbs[0].exclude(OFF_POLICY_FIELD)
+    with pytest.raises(KeyError, match=OFF_POLICY_FIELD):
+        lte_ppo_loss(actor_config(loss_mode=LOSS_MODE), out, no_flag, lte_loss=LTELossConfig())
+    no_beh = mbs[0].exclude("rollout_log_probs")
+    with pytest.raises(KeyError, match="calculate_log_probs=true"):
+        lte_ppo_loss(actor_config(loss_mode=LOSS_MODE), out, no_beh, lte_loss=LTELossConfig())
+    # LUFFY's mode needs no behaviour log-probs
+    loss, _ = lte_ppo_loss(
+        actor_config(loss_mode=LOSS_MODE), out, no_beh, lte_loss=LTELossConfig(off_policy_mode="luffy_prob")
+    )
+    assert torch.isfinite(loss)
+    bad = mbs[0].clone()
+    bad[OFF_POLICY_FIELD] = torch.tensor([0.0, 0.5])
+    with pytest.raises(ValueError, match="row 1 has 0.5"):
+        lte_ppo_loss(actor_config(loss_mode=LOSS_MODE), out, bad, lte_loss=LTELossConfig())
+
+
+def test_make_lte_loss_fn_from_verls_composed_config():
+    """The install path the trainer uses: verl's real hydra config -> check -> picklable partial with an ActorConfig."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [
+        f"actor_rollout_ref.actor.policy_loss.loss_mode={LOSS_MODE}",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "+lte.loss.gamma=0.2",
+    ]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    lte_cfg = check_loss_config(cfg.lte.loss, cfg.actor_rollout_ref, cfg.algorithm)
+    fn = pickle.loads(pickle.dumps(make_lte_loss_fn(cfg.actor_rollout_ref.actor, lte_cfg)))
+    assert isinstance(fn.keywords["config"], ActorConfig)
+    assert fn.keywords["config"].policy_loss.loss_mode == LOSS_MODE and fn.keywords["lte_loss"].gamma == 0.2
+    _, mbs = tq_mini_batch(SPECS)
+    _, out = model_output_for(mbs[0], 0)
+    loss, metrics = fn(model_output=out, data=mbs[0], dp_group=None)
+    assert torch.isfinite(loss) and "actor/lte/off_policy_tokens" in metrics

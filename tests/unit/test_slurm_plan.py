@@ -1,0 +1,180 @@
+"""The SLURM launcher's command assembly, from fake SLURM environment variables (no SLURM on this machine):
+host lists, knobs and their errors, the plan's commands, the sbatch script's dry mode, and step execution."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe.lte.tools.slurm import Cluster, Step, cluster_from_env, execute, expand_nodelist, plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("gpu07", ["gpu07"]),
+        ("gpu[01-03,07],login5", ["gpu01", "gpu02", "gpu03", "gpu07", "login5"]),
+        ("a[8-10]", ["a8", "a9", "a10"]),
+        ("n[098-101]", ["n098", "n099", "n100", "n101"]),
+        ("x1,y[2-3]", ["x1", "y2", "y3"]),
+    ],
+)
+def test_expand_nodelist(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+def test_expand_nodelist_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST='gpu\\[a-b\\]'"):
+        expand_nodelist("gpu[a-b]")
+
+
+FAKE = {"SLURM_JOB_NODELIST": "gpu[01-03]", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_ON_NODE": "32"}
+
+
+def test_cluster_from_fake_slurm_env():
+    c = cluster_from_env(
+        {**FAKE, "SLURM_SUBMIT_DIR": "/shared/lte", "LTE_VENV": "/shared/venv", "LTE_RAY_PORT": "7000"}
+    )
+    assert (c.nodes, c.gpus_per_node, c.cpus_per_node) == (["gpu01", "gpu02", "gpu03"], 4, 32)
+    assert (c.repo, c.venv, c.ray_port, c.address) == ("/shared/lte", "/shared/venv", 7000, "gpu01:7000")
+    # GPU count forms: SLURM_GPUS_PER_NODE may carry a type
+    env = {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "h100:8"}
+    assert cluster_from_env(env).gpus_per_node == 8
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SLURM_GPUS_ON_NODE": "8"}, "SLURM_JOB_NODELIST is not set"),
+        ({"SLURM_JOB_NODELIST": "n1"}, "--gpus-per-node"),
+        ({"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "h100:x"}, "SLURM_GPUS_PER_NODE='h100:x'"),
+        ({**FAKE, "LTE_VENV": "/v", "LTE_CONTAINER_IMAGE": "img"}, "LTE_VENV or LTE_CONTAINER_IMAGE"),
+        ({**FAKE, "LTE_CONTAINER_RUNTIME": "docker"}, "LTE_CONTAINER_RUNTIME='docker'"),
+    ],
+)
+def test_cluster_errors_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        cluster_from_env(env)
+
+
+def _by_name(steps: list[Step]) -> dict[str, Step]:
+    return {s.name: s for s in steps}
+
+
+def test_plan_head_workers_trainer_on_three_nodes():
+    c = cluster_from_env({**FAKE, "SLURM_SUBMIT_DIR": "/shared/lte", "LTE_RAY_HEAD_IP": "10.0.0.1"})
+    steps = plan(c, ["--preset", "qwen3-8b-lte", "actor_rollout_ref.model.path=/w"])
+    assert [s.name for s in steps] == ["ray-head", "ray-worker-gpu02", "ray-worker-gpu03", "wait-ray", "train"]
+    assert [s.background for s in steps] == [True, True, True, False, False]
+    s = _by_name(steps)
+    head = s["ray-head"].argv
+    assert head[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=gpu01", "--export=ALL"]
+    assert head[6:] == [
+        "ray", "start", "--head", "--node-ip-address=10.0.0.1", "--port=6379", "--num-gpus=4", "--num-cpus=32", "--block"
+    ]  # fmt: skip
+    for node in ("gpu02", "gpu03"):
+        w = s[f"ray-worker-{node}"].argv
+        assert f"--nodelist={node}" in w and "--address=10.0.0.1:6379" in w and "--num-gpus=4" in w
+    wait = s["wait-ray"].argv
+    assert "--nodelist=gpu01" in wait and "--gpus=12" in wait and "--address=10.0.0.1:6379" in wait
+    train = s["train"].argv
+    assert "--nodelist=gpu01" in train and "--export=ALL,RAY_ADDRESS=10.0.0.1:6379" in train
+    i = train.index("bash")
+    assert train[i:] == [
+        "bash", "run_lte.sh", "--preset", "qwen3-8b-lte", "actor_rollout_ref.model.path=/w",
+        "trainer.nnodes=3", "trainer.n_gpus_per_node=4",
+    ]  # fmt: skip
+    assert s["train"].shell().startswith("srun --overlap") and s["ray-head"].shell().endswith(" --block &")
+
+
+def test_plan_single_node_has_no_workers_and_no_ip_guess():
+    c = cluster_from_env({"SLURM_JOB_NODELIST": "solo", "SLURM_GPUS_ON_NODE": "8"})
+    steps = plan(c, ["--preset", "qwen3-4b-lte"])
+    assert [s.name for s in steps] == ["ray-head", "wait-ray", "train"]
+    assert not any(a.startswith("--node-ip-address") for a in steps[0].argv)  # Ray picks the head's address
+    assert "--num-cpus" not in " ".join(steps[0].argv)  # not in the allocation: Ray counts them
+    assert steps[-1].argv[-2:] == ["trainer.nnodes=1", "trainer.n_gpus_per_node=8"]
+
+
+def test_plan_venv_uses_its_executables():
+    c = cluster_from_env({**FAKE, "LTE_VENV": "/shared/venv"})
+    s = _by_name(plan(c, []))
+    assert (
+        "/shared/venv/bin/ray" in s["ray-head"].argv and "--export=ALL,VIRTUAL_ENV=/shared/venv" in s["ray-head"].argv
+    )
+    assert "/shared/venv/bin/python" in s["wait-ray"].argv
+    assert "--export=ALL,RAY_ADDRESS=gpu01:6379,VIRTUAL_ENV=/shared/venv" in s["train"].argv
+
+
+def test_plan_containers():
+    env = {**FAKE, "SLURM_SUBMIT_DIR": "/shared/lte", "LTE_CONTAINER_IMAGE": "/img/verl.sqsh"}
+    head = plan(cluster_from_env({**env, "LTE_CONTAINER_MOUNTS": "/data:/data"}), [])[0].argv
+    assert "--container-image=/img/verl.sqsh" in head
+    assert "--container-mounts=/shared/lte,/data:/data" in head and "--container-workdir=/shared/lte" in head
+    assert head[head.index("--container-workdir=/shared/lte") + 1 :][:2] == ["ray", "start"]
+    head = plan(cluster_from_env({**env, "LTE_CONTAINER_RUNTIME": "apptainer"}), [])[0].argv
+    i = head.index("apptainer")
+    assert head[i : i + 9] == [
+        "apptainer", "exec", "--nv", "--bind", "/shared/lte", "--pwd", "/shared/lte", "/img/verl.sqsh", "ray"
+    ]  # fmt: skip
+
+
+def test_plan_refuses_layout_overrides_that_the_allocation_sets():
+    c = cluster_from_env(FAKE)
+    with pytest.raises(ValueError, match="sbatch --nodes=N --gpus-per-node=G"):
+        plan(c, ["--preset", "qwen3-8b-lte", "trainer.nnodes=4"])
+
+
+def test_sbatch_script_dry_mode_prints_the_commands(tmp_path):
+    env = {
+        **os.environ,
+        **FAKE,
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "LTE_SLURM_DRY": "1",
+        "LTE_DATA_DIR": str(tmp_path / "data"),
+    }
+    env.pop("LTE_VENV", None)
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm_lte.sbatch"), "--preset", "qwen3-8b-lte"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == "[slurm] 3 node(s) x 4 GPUs; Ray head gpu01:6379"
+    assert len(lines) == 6 and all(line.startswith("srun ") for line in lines[1:])
+    assert lines[-1].endswith("bash run_lte.sh --preset qwen3-8b-lte trainer.nnodes=3 trainer.n_gpus_per_node=4")
+    assert not (tmp_path / "data").exists()
+
+
+def test_sbatch_script_refuses_outside_the_repository(tmp_path):
+    env = {**os.environ, **FAKE, "SLURM_SUBMIT_DIR": str(tmp_path), "LTE_SLURM_DRY": "1"}
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm_lte.sbatch")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2 and "not the lte-verl repository" in res.stderr
+
+
+def test_execute_stops_background_steps_and_returns_the_failing_status(tmp_path):
+    # Real processes stand in for srun (no SLURM here): a long-running "node" and a failing foreground step.
+    marker = tmp_path / "after"
+    cluster = Cluster(nodes=["localhost"], gpus_per_node=1)
+    steps = [
+        Step("node", ["sleep", "60"], background=True),
+        Step("fails", ["bash", "-c", "exit 3"]),
+        Step("never", ["touch", str(marker)]),
+    ]
+    t0 = time.monotonic()
+    assert execute(cluster, steps) == 3
+    assert time.monotonic() - t0 < 30  # the background "node" was stopped, not waited for
+    assert not marker.exists()
+    assert execute(cluster, [Step("ok", ["touch", str(marker)])]) == 0 and marker.exists()

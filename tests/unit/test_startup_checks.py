@@ -1,0 +1,72 @@
+"""The recipe config composes against installed verl 0.9.1, passes verl's validation, and LTE refuses what it
+cannot honour at start-up with a message naming the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from recipe.lte.main_lte import compose_config, prepare_config
+from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
+
+
+def _cfg(*overrides: str):
+    return compose_config(["actor_rollout_ref.model.path=/models/any", *overrides])
+
+
+def test_recipe_config_composes_and_passes_verl_validation():
+    cfg = prepare_config(_cfg())
+    assert cfg.reward.custom_reward_function.path.endswith("verl_ext/reward/math_reward.py")
+    assert cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class == "recipe.lte.agent_loop.LTEAgentLoopManager"
+    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "lte_mixed"
+    lte = lte_config(cfg)
+    assert (lte.mode, lte.pass_threshold, lte.min_failures_kept, lte.num_extra_rollouts) == ("lte", 1.0, 1, None)
+    loss = lte_loss_config(cfg)
+    assert (loss.gamma, loss.off_policy_mode, loss.aggregation) == (0.1, "behavior_ratio", "global")
+
+
+@pytest.mark.parametrize("mode", ["grpo", "grpo_extra", "lte"])
+def test_every_arm_composes(mode):
+    assert lte_config(prepare_config(_cfg(f"lte.mode={mode}"))).mode == mode
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator"),
+        (["algorithm.rollout_correction.rollout_rs=token_k1"], "algorithm.rollout_correction.rollout_rs"),
+        (["algorithm.rollout_correction.bypass_mode=true"], "algorithm.rollout_correction.bypass_mode"),
+        (["reward.reward_model.enable=true"], "reward.reward_model.enable"),
+        (["distillation.enabled=true"], "distillation.enabled"),
+        (["actor_rollout_ref.rollout.enable_rollout_routing_replay=true"], "enable_rollout_routing_replay"),
+        (["actor_rollout_ref.rollout.prompt_length=1100"], "actor_rollout_ref.rollout.prompt_length"),
+        (["data.filter_overlong_prompts=false"], "data.filter_overlong_prompts"),
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode"),
+        (["actor_rollout_ref.rollout.calculate_log_probs=false"], "calculate_log_probs"),
+        (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n"),
+        (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
+        (["actor_rollout_ref.rollout.agent.agent_loop_manager_class=x.Y"], "agent_loop_manager_class"),
+        (["lte.mode=luffy"], "lte.mode"),
+        (["lte.loss.gamma=0"], "lte.loss.gamma"),
+        (["lte.loss.off_policy_mode=bogus"], "lte.loss.off_policy_mode"),
+        (["+lte.typo=1"], "lte.typo"),
+    ],
+)
+def test_startup_refusals_name_the_key(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        check_config(_cfg(*overrides))
+
+
+def test_hint_room_is_only_required_when_hints_are_sent():
+    check_config(_cfg("lte.mode=grpo_extra", "actor_rollout_ref.rollout.prompt_length=1024"))
+    with pytest.raises(ValueError, match="at least 1280"):
+        check_config(_cfg("actor_rollout_ref.rollout.prompt_length=1024"))
+
+
+def test_luffy_mode_does_not_need_rollout_log_probs():
+    check_config(_cfg("lte.loss.off_policy_mode=luffy_prob", "actor_rollout_ref.rollout.calculate_log_probs=false"))
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ValueError) as err:
+        check_config(_cfg("algorithm.adv_estimator=gae", "distillation.enabled=true"))
+    assert "algorithm.adv_estimator" in str(err.value) and "distillation.enabled" in str(err.value)

@@ -1,0 +1,66 @@
+"""math-verify calls that run inside a `BoundedProcessPool` worker (see verl_ext/reward/bounded_pool.py).
+
+They run in the worker's main thread, so math-verify's own signal-based timeouts work here as a first, cheap
+bound (the worker survives them); the pool's deadline is the hard bound. Parsed ground truths are cached per
+worker: a GRPO group scores G responses against the same ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+# math-verify's own per-operation bound inside the worker (seconds, signal.alarm: whole seconds).
+INNER_TIMEOUT_S = 5
+
+# As verl's math_verify scorer: a ground truth is LaTeX; an answer may be LaTeX or a plain expression.
+_GOLD_TARGETS = (LatexExtractionConfig(),)
+_PRED_TARGETS = (ExprExtractionConfig(), LatexExtractionConfig())
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeout warnings would flood the logs
+
+
+@lru_cache(maxsize=8192)
+def _parse_gold(gold: str) -> list:
+    return parse("\\boxed{" + gold + "}", _GOLD_TARGETS, parsing_timeout=INNER_TIMEOUT_S)
+
+
+@lru_cache(maxsize=8192)
+def _parse_boxed_answer(answer: str) -> list:
+    return parse("\\boxed{" + answer + "}", _PRED_TARGETS, parsing_timeout=INNER_TIMEOUT_S)
+
+
+def _verify(gold_parsed: list, pred_parsed: list) -> bool:
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=INNER_TIMEOUT_S))
+
+
+def verify_answer(gold: str, answer: str) -> bool:
+    """Is `answer` (the content of a \\boxed{}) equivalent to the ground truth `gold`?"""
+    return _verify(_parse_gold(gold), _parse_boxed_answer(answer))
+
+
+def answers_equivalent(a: str, b: str) -> bool:
+    """Two answers as written: equivalent if either verifies as the gold of the other (verify is asymmetric)."""
+    return verify_answer(a, b) or verify_answer(b, a)
+
+
+def _written(pred_parsed: list) -> str:
+    return next((p for p in reversed(pred_parsed) if isinstance(p, str)), "").strip()
+
+
+def extract_written(text: str) -> str:
+    """math-verify's own extraction of the final answer from free text, as written ("" when none)."""
+    return _written(parse(text, _PRED_TARGETS, parsing_timeout=INNER_TIMEOUT_S))
+
+
+def extract_and_verify(gold: str, text: str) -> tuple[bool, str]:
+    """No \\boxed{} in the response: math-verify's own extraction over the text, as verl's scorer does.
+
+    Returns (correct, the extracted answer as written, "" when nothing was found).
+    """
+    pred_parsed = parse(text, _PRED_TARGETS, parsing_timeout=INNER_TIMEOUT_S)
+    return _verify(_parse_gold(gold), pred_parsed), _written(pred_parsed)
