@@ -51,6 +51,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def fast_warmup():
+    """Demo warm-up settings for tests: a few steps, and a quality check that accepts anything."""
+    from recipe.lte.demo.warmup import WarmupConfig
+
+    return WarmupConfig(
+        steps=3,
+        batch_size=8,
+        check_rounds=1,
+        min_success=0.0,
+        max_success=1.0,
+        min_rescue_gain=-1.0,
+        fallback_seeds=(),
+    )
+
+
+@pytest.fixture(scope="session")
 def six_benchmarks_path() -> Path:
     """The shared six-benchmark parquet (real problems); tests that need it skip only if shared/ is absent."""
     if not SHARED_BENCHMARKS.exists():
