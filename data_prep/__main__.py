@@ -110,6 +110,8 @@ def check_main(argv: list[str]) -> int:
     )
     report = check_files(args.files, settings)
     print(report.text(max_rows=args.max_rows, prefix=""))
+    if args.quick:
+        print("note: --quick: ground truths matched only verbatim were not looked for")
     timing = ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())
     print(f"checked in {sum(report.seconds.values()):.1f} s ({timing})")
     if args.json:

@@ -310,8 +310,6 @@ def check_files(paths: Sequence[str | Path], settings: CheckSettings | None = No
             fr.add(fr.errors, GT_REASONS[verdict], r.index, f"ground truth {_short(r.gold)}")
         elif verdict == VERBATIM_ONLY:
             fr.add(fr.warnings, GT_VERBATIM, r.index, f"ground truth {_short(r.gold)}")
-    if settings.check_ground_truth and not settings.parse_all:
-        report.notes.append(f"'{GT_VERBATIM}' not looked for (parse_all is off)")
     report.seconds["ground_truths"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -353,7 +351,12 @@ def _check_same_problem(rows: Sequence[_Row], verdicts: Mapping, report: CheckRe
             others = [f"{Path(report.files[o.file].path).name}:{o.index}" for o in group if o is not r]
             where = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             if conflict:
-                fr.add(fr.errors, CONFLICT, r.index, f"ground truths {[_short(g, 30) for g in golds]} (also {where})")
+                fr.add(
+                    fr.errors,
+                    CONFLICT,
+                    r.index,
+                    f"ground truths {' vs '.join(_short(g, 30) for g in golds)} (also {where})",
+                )
             elif k > 0:
                 fr.add(fr.warnings, DUPLICATE, r.index, f"same problem as {where}")
 

@@ -73,10 +73,10 @@ def _local(path: str) -> str:
 
 def _refusal(role: str, key: str, report: CheckReport) -> str:
     return (
-        f"the {role} data ({key}) cannot be trained on as it is (rows are 0-based positions in each file):\n"
+        f"[data check] the {role} data ({key}) cannot be used as it is (rows: 0-based positions in each file):\n"
         f"{report.text()}\n"
-        f"Fix the file(s) (`python -m data_prep check FILE... --tokenizer MODEL` prints the full report), or set "
-        "lte.data.on_bad_rows=skip to drop the bad rows and train on the rest (not possible when a whole file is "
+        "[data check] Fix the file(s) (`python -m data_prep check FILE... --tokenizer MODEL` prints every row), or "
+        "set lte.data.on_bad_rows=skip to drop the bad rows and train on the rest (not possible when a whole file is "
         "unusable or no row is good)."
     )
 
