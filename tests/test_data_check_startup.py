@@ -141,3 +141,15 @@ def test_main_lte_stops_before_ray_with_the_report(tiny_model_dir, data, tmp_pat
     for reason, rows in data["expected"].items():
         assert f"error: {reason}: {len(rows)} (rows {', '.join(map(str, rows))})" in text
     assert "Started a local Ray instance" not in text and not (tmp_path / "ray").exists()
+
+
+def test_a_custom_dataset_class_is_not_checked(tiny_model_dir, data, tmp_path, capsys):
+    from recipe.lte.data_check import REPORT_FILE, check_run_data
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / REPORT_FILE).write_text('{"train": {"dropped": 5}}')  # from an earlier launch
+    config = _config(tiny_model_dir, data, run_dir, "data.custom_cls.path=my_dataset.py", "data.custom_cls.name=D")
+    assert check_run_data(config) == {}
+    assert "[data check] skipped: data.custom_cls=my_dataset.py" in capsys.readouterr().out
+    assert not (run_dir / REPORT_FILE).exists()

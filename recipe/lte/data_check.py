@@ -105,6 +105,7 @@ def check_run_data(config: DictConfig) -> dict:
     custom = config.data.get("custom_cls") or {}
     if custom.get("path"):
         print(f"[data check] skipped: data.custom_cls={custom.get('path')} reads its own layout", flush=True)
+        (out_dir / REPORT_FILE).unlink(missing_ok=True)  # no stale counts from an earlier launch
         return {}
     settings = check_settings(config, load_tokenizer(config))
     summary: dict = {}
