@@ -238,9 +238,33 @@ def prompt_lengths(chats: Sequence[list], settings: CheckSettings) -> list[int |
                 except Exception:
                     texts.append(None)
     ok = [t for t in texts if t is not None]
-    ids = tok(ok, add_special_tokens=False, return_attention_mask=False)["input_ids"] if ok else []
-    lengths = iter(len(x) for x in ids)
+    counts = _token_counts(tok, ok)
+    lengths = iter(counts)
     return [next(lengths) if t is not None else None for t in texts]
+
+
+def _count(tok, texts: Sequence[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(x) for x in tok(list(texts), add_special_tokens=False, return_attention_mask=False)["input_ids"]]
+
+
+def _token_counts(tok, texts: Sequence[str], verify: int = 64) -> list[int]:
+    """Token counts of `texts`. A fast tokenizer splits text at its added tokens (<|im_start|>, ...) and tokenizes
+    the pieces independently, so a count is the sum over pieces, and a piece shared by many rows (a long system
+    prompt) is tokenized once. Checked against whole-text counts on the first `verify` texts; on any difference,
+    or a tokenizer without added tokens, every text is tokenized whole."""
+    added = sorted(getattr(tok, "added_tokens_encoder", {}) or {}, key=len, reverse=True)
+    if not texts or not added or not getattr(tok, "is_fast", False):
+        return _count(tok, texts)
+    splitter = re.compile("(" + "|".join(map(re.escape, added)) + ")")
+    pieces = [splitter.split(t) for t in texts]
+    distinct = sorted({p for ps in pieces for k, p in enumerate(ps) if k % 2 == 0 and p})
+    piece_len = dict(zip(distinct, _count(tok, distinct), strict=True))
+    counts = [sum(piece_len[p] if k % 2 == 0 else 1 for k, p in enumerate(ps) if p) for ps in pieces]
+    if _count(tok, texts[:verify]) != counts[:verify]:
+        return _count(tok, texts)
+    return counts
 
 
 @dataclass

@@ -237,3 +237,12 @@ def test_cli_without_a_tokenizer_says_lengths_were_not_checked(planted):
     assert "prompt lengths not checked (no tokenizer given)" in out.stdout
     assert "prompt too long" not in out.stdout
     assert "--quick: ground truths matched only verbatim were not looked for" in out.stdout
+
+
+def test_token_counts_by_pieces_equal_whole_text_counts(tokenizer):
+    from data_prep.check import _count, _token_counts
+
+    system = {"role": "system", "content": "You are a careful mathematician. " * 20}
+    chats = [[system, {"role": "user", "content": f"What is {i} + {i}? <|im_end|> odd {i}"}] for i in range(100)]
+    texts = tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=False)
+    assert _token_counts(tokenizer, texts, verify=0) == _count(tokenizer, texts)
