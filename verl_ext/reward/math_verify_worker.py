@@ -48,6 +48,15 @@ def answers_equivalent(a: str, b: str) -> bool:
     return verify_answer(a, b) or verify_answer(b, a)
 
 
+def golds_read_as_math(golds: list[str]) -> list[bool]:
+    """For each ground truth: does math-verify read a math expression from it (not only its raw text, or nothing)?
+
+    Without one, `verify` can only compare strings: the ground truth is matched by an identically written answer
+    or never (see verl_ext/reward/ground_truth.py). A parse that times out reads as nothing, as it does when scoring.
+    """
+    return [any(not isinstance(p, str) for p in _parse_gold(g)) for g in golds]
+
+
 def _written(pred_parsed: list) -> str:
     return next((p for p in reversed(pred_parsed) if isinstance(p, str)), "").strip()
 

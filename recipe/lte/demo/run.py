@@ -100,12 +100,13 @@ def train_env(run_id: str) -> dict[str, str]:
 
 
 def stream(proc: subprocess.Popen, log_path: Path) -> None:
-    """Copy the trainer's output to ``log_path``; show the LTE step lines and errors on the console."""
+    """Copy the trainer's output to ``log_path``; show the LTE step lines, the data check and errors on the console."""
     with open(log_path, "a") as log:
         for line in proc.stdout:
             log.write(line)
             text = line.split("\x1b[0m", 1)[-1].strip()  # drop Ray's "(Actor pid=...)" prefix
-            if "[LTE step" in text or "Traceback" in text or text.startswith(("Error", "ValueError", "RuntimeError")):
+            shown = any(m in text for m in ("[LTE step", "[data check]", "Traceback"))
+            if shown or text.startswith(("Error", "ValueError", "RuntimeError")):
                 print(text, flush=True)
 
 
