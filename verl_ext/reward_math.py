@@ -256,8 +256,7 @@ def answer_to_text(value: Any) -> str:
 
 
 def _strip_dollars(s: str) -> str:
-    s = s.replace("\\$", "")  # a currency sign: `\$16,\!386.20`
-    return re.sub(r"\$", "", s).strip()
+    return s.replace("\\$", "").replace("$", "").strip()  # math delimiters, and a currency sign `\$16,\!386.20`
 
 
 def normalize_answer(answer: str) -> str:
@@ -344,6 +343,7 @@ def _usable(answer: str, what: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=1 << 14)
 def _readings_pair(gold: str, pred: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Readings of both sides; a percent also means /100 only where the other side has no percent."""
     pct_gold, pct_pred = _has_percent(gold), _has_percent(pred)
@@ -355,6 +355,9 @@ def _readings_pair(gold: str, pred: str) -> tuple[tuple[str, ...], tuple[str, ..
 
 def _equivalent(gold: str, pred: str, timeout_s: float, what: str) -> bool:
     """Is the written answer `pred` the written ground truth `gold` (math-verify's asymmetric verify)?"""
+    if max(len(gold), len(pred)) > 2 * MAX_ANSWER_CHARS:  # not an answer: log which side, do not normalise
+        _usable(gold, "ground truth") and _usable(pred, what)
+        return False
     golds, preds = _readings_pair(gold, pred)
     if not (_usable(golds[0], "ground truth") and _usable(preds[0], what)):
         return False
@@ -374,19 +377,20 @@ def answers_equivalent(a: str, b: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
 @lru_cache(maxsize=8192)
 def _ground_truth_answer(text: str, timeout_s: float) -> str:
     """A ground truth is an answer; one written as a solution (`... so $n = \\boxed{1,-2}$.`, or `Final Answer:
-    The final answer is $28\\%$.`) stands for its boxed / stated final answer."""
+    The final answer is $28\\%$.`) stands for its boxed / stated final answer. "" when there is no answer."""
     group = last_box_group(text) if _BOX_RE.search(text) else None
     if group is not None:
-        return ", ".join(group[0])
-    if _FINAL_PHRASE_RE.search(text):
-        return _bounded(_mv.extract_written, (text,), timeout_s, "", "ground-truth extraction") or text
-    return text
+        text = ", ".join(group[0])
+    elif _FINAL_PHRASE_RE.search(text):
+        text = _bounded(_mv.extract_written, (text,), timeout_s, "", "ground-truth extraction") or text
+    return text if normalize_answer(text) else ""
 
 
 def clear_caches() -> None:
     """Forget cached verdicts and ground truths (benchmarks measure cold work)."""
     _verify_normalized.cache_clear()
     _ground_truth_answer.cache_clear()
+    _readings_pair.cache_clear()
 
 
 def compute_score(
@@ -412,9 +416,8 @@ def compute_score(
             logger.warning("reward_math: solution_str is %s, not str: scored 0", type(solution_str).__name__)
             solution_str = ""
         gold = _ground_truth_answer(answer_to_text(ground_truth), timeout_s)
-        if not normalize_answer(gold):
+        if not gold:
             logger.warning("reward_math: empty ground truth (data_source=%r): scored 0", data_source)
-            gold = ""
         group = last_box_group(solution_str)
         tail = _final_phrase_tail(solution_str, group[1]) if group and allow_unboxed else None
         if tail is not None:  # a "final answer" phrase after the last box: math-verify reads the answer there
