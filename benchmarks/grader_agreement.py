@@ -120,7 +120,12 @@ def fetch_math_verify_tests(cache: Path) -> Path:
         return tests
     cache.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(cache)]
-    subprocess.run([*cmd, f"math-verify=={MATH_VERIFY_VERSION}"], check=True, capture_output=True)
+    done = subprocess.run([*cmd, f"math-verify=={MATH_VERIFY_VERSION}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"could not download the math-verify {MATH_VERIFY_VERSION} sdist from PyPI into {cache} "
+            f"(needs network access; or run with --source fixture):\n{done.stderr[-2000:]}"
+        )
     with tarfile.open(cache / f"math_verify-{MATH_VERIFY_VERSION}.tar.gz") as tar:
         members = [m for m in tar.getmembers() if "/tests/" in m.name and m.name.endswith(".py")]
         tar.extractall(cache, members=members, filter="data")
