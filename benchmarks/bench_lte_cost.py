@@ -142,6 +142,21 @@ def report(runs: list[dict], skip: int) -> str:
                 f"{spread([r / f for r, f in zip(step_r, step_f, strict=True)]):>20} {spread(gen_r):>20} "
                 f"{spread(gen_f):>20} {spread([r / f for r, f in zip(gen_r, gen_f, strict=True)]):>20}"
             )
+        lines += [
+            "",
+            "generation time beyond GRPO's, paired per repeat (s): measured, what the extra tokens would cost at",
+            "GRPO's pace (floor), and the longest extra phase of a step (the serial tail)",
+            f"{'arm':<11} {'gen - GRPO gen':>20} {'floor part':>20} {'longest extra phase':>20}",
+        ]
+        for arm in arms:
+            if arm == "grpo":
+                continue
+            pairs = [(by[(k, arm)], by[(k, "grpo")]) for k in repeats]
+            lines.append(
+                f"{arm:<11} {spread([a['gen_s'] - b['gen_s'] for a, b in pairs]):>20} "
+                f"{spread([a['extra_share'] * b['gen_s'] for a, b in pairs]):>20} "
+                f"{spread([a['extra_max_s'] for a, _ in pairs]):>20}"
+            )
     return "\n".join(lines)
 
 

@@ -65,3 +65,6 @@ def test_report_pairs_ratios_per_repeat() -> None:
     lte_row = next(line for line in text.splitlines() if line.startswith("lte ") and "[" in line and "1.1" in line)
     # step ratio median of 1.2 and 1.1; gen floor 1.2 both; gen ratios 1.4 and 1.2.
     assert "1.150 [1.100-1.200]" in lte_row and "1.300 [1.200-1.400]" in lte_row and "1.200 [1.200-1.200]" in lte_row
+    # Generation beyond GRPO's: 2 s both repeats; floor part 0.2 * 5 = 1 s and 0.2 * 10 = 2 s.
+    tail_row = text.splitlines()[-1]
+    assert tail_row.startswith("lte ") and "2.000 [2.000-2.000]" in tail_row and "1.500 [1.000-2.000]" in tail_row
