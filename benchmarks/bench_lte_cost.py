@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_lte_cost.py                       # 2 repeats x 3 arms, 4 steps each
     .venv/bin/python benchmarks/bench_lte_cost.py --repeats 3 --steps 5 --out outputs/bench_cost
 
-Each run is ``python -m recipe.lte.cpu_demo`` (the first run's launcher) on the same demo model, data, seed and
+Each run is ``python -m recipe.lte.demo.run`` (the first run's launcher) on the same demo model, data, seed and
 step budget; only ``--mode`` differs. The arms' runs are interleaved (repeat 1: grpo, grpo_extra, lte; repeat 2
-starts with the next arm, ...) so that the machine's load drifts over all of them alike. Each run takes the
-heavy-run lock (``--lock``) on its own, so other users of the machine interleave with the benchmark.
+starts with the next arm, ...) so that the machine's load drifts over all of them alike. Each run takes one of the
+machine's heavy-run slots (``--lock``: ``flock`` files, the first free one) on its own, so other users of the
+machine interleave with the benchmark.
 
 Per step (``lte_metrics.jsonl``): verl's ``timing_s/step`` and ``timing_s/gen``, LTE's ``lte/extra/seconds_max``
 (the longest extra phase) and tokens of the first and extra phases. The first ``--skip`` steps of a run are
@@ -35,22 +36,33 @@ ARMS = ("grpo", "grpo_extra", "lte")
 
 
 @contextlib.contextmanager
-def heavy_lock(path: str | None):
-    """The machine's heavy-run lock (``flock``), held for one run; none when ``path`` is empty."""
-    if not path:
+def heavy_lock(paths: str | None, poll_s: float = 5.0):
+    """One of the machine's heavy-run slots, held for one run: the first of the comma-separated ``flock`` files
+    ``paths`` that is free (waiting until one is); none when ``paths`` is empty."""
+    files = [p for p in (paths or "").split(",") if p]
+    if not files:
         yield
         return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    while True:
+        for path in files:
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        time.sleep(poll_s)
 
 
 def run_arm(out: Path, build: Path, arm: str, steps: int, batch: int, lock: str | None) -> dict:
     """One training run of ``arm``; returns its per-step records and peak memory."""
-    cmd = [sys.executable, "-m", "recipe.lte.cpu_demo", "--out", str(out), "--build", str(build)]
+    cmd = [sys.executable, "-m", "recipe.lte.demo.run", "--out", str(out), "--build", str(build)]
     cmd += ["--steps", str(steps), "--mode", arm, f"data.train_batch_size={batch}", "trainer.save_freq=-1"]
     with heavy_lock(lock):
         start = time.monotonic()
@@ -174,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="training steps per run")
     p.add_argument("--skip", type=int, default=1, help="first steps of each run left out of the statistics")
     p.add_argument("--batch", type=int, default=16, help="prompts per step (data.train_batch_size)")
-    p.add_argument("--lock", default="/tmp/lte-heavy.lock", help="heavy-run lock taken per run ('' = none)")
+    p.add_argument(
+        "--lock",
+        default="/tmp/lte-heavy-1.lock,/tmp/lte-heavy-2.lock",
+        help="heavy-run slots (flock files, comma-separated), one taken per run ('' = none)",
+    )
     p.add_argument("--report", default=None, help="print the report of an existing bench.json and exit")
     args = p.parse_args(argv)
     if args.report:

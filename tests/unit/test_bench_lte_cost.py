@@ -1,6 +1,6 @@
 """benchmarks/bench_lte_cost.py: the order of the runs and the statistics, on records computed by hand.
 
-The runs themselves are the CPU demo (tests/test_cpu_trainer_e2e.py runs it); here only the arithmetic.
+The runs themselves are the CPU demo (tests/e2e/test_cpu_demo_run.py runs it); here only the arithmetic.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from bench_lte_cost import interleaved, report, run_summary, step_values  # noqa: E402
 
@@ -68,3 +68,18 @@ def test_report_pairs_ratios_per_repeat() -> None:
     # Generation beyond GRPO's: 2 s both repeats; floor part 0.2 * 5 = 1 s and 0.2 * 10 = 2 s.
     tail_row = text.splitlines()[-1]
     assert tail_row.startswith("lte ") and "2.000 [2.000-2.000]" in tail_row and "1.500 [1.000-2.000]" in tail_row
+
+
+def test_heavy_lock_takes_the_first_free_slot(tmp_path) -> None:
+    import fcntl
+
+    from bench_lte_cost import heavy_lock
+
+    busy, free = tmp_path / "1.lock", tmp_path / "2.lock"
+    with open(busy, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another user's run holds slot 1
+        with heavy_lock(f"{busy},{free}", poll_s=0.01):
+            with open(free, "a") as probe, pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(free, "a") as probe:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the run
