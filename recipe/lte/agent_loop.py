@@ -53,6 +53,7 @@ ROW_FIELDS = {
     "lte_extra_correct": torch.int64,  # G'
     "lte_extra_tokens": torch.int64,  # response tokens generated in the group's extra phase
     "lte_extra_seconds": torch.float32,  # wall time of the group's extra phase
+    "lte_first_tokens": torch.int64,  # response tokens of the group's G first-phase rollouts
 }
 
 
@@ -70,6 +71,7 @@ def row_fields(
         "lte_extra_correct": group["extra_correct"],
         "lte_extra_tokens": group["extra_tokens"],
         "lte_extra_seconds": group["extra_seconds"],
+        "lte_first_tokens": group["first_tokens"],
     }
     return {k: torch.tensor(v, dtype=ROW_FIELDS[k]) for k, v in values.items()}
 
@@ -83,6 +85,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
     off, rep, orig = col(OFF_POLICY_FIELD), col("lte_replaced"), col("lte_orig_pass")
     cls, kind, status = col("lte_group_class"), col("lte_extra_kind"), col("lte_extra_status")
     correct, tokens, seconds = col("lte_extra_correct"), col("lte_extra_tokens"), col("lte_extra_seconds")
+    first_tokens = col("lte_first_tokens")
     return [
         core.RowInfo(
             uid=str(uids[i]),
@@ -96,6 +99,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
             extra_correct=int(correct[i]),
             extra_tokens=int(tokens[i]),
             extra_seconds=float(seconds[i]),
+            first_tokens=int(first_tokens[i]),
         )
         for i in range(len(uids))
     ]
@@ -223,6 +227,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             "extra_correct": 0,
             "extra_tokens": 0,
             "extra_seconds": 0.0,
+            "first_tokens": sum(len(o.response_ids) for o in group),
         }
         final = list(group)
         replaced = [False] * n

@@ -416,6 +416,7 @@ class RowInfo:
     extra_correct: int  # G': correct extra responses of this group
     extra_tokens: int  # response tokens generated in this group's extra phase
     extra_seconds: float  # wall time of this group's extra phase
+    first_tokens: int = 0  # response tokens of this group's G first-phase rollouts (before any replacement)
 
 
 def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, float]:
@@ -436,10 +437,11 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     after = {c: 0 for c in GROUP_CLASSES}
     kinds = {k: 0 for k in EXTRA_KIND_CODES if k != "none"}
     status = {s: 0 for s in EXTRA_STATUS_CODES if s != "not_needed"}
-    rescued = extra_tokens = extra_correct = 0
+    rescued = extra_tokens = extra_correct = first_tokens = 0
     extra_seconds: list[float] = []
     for g in groups.values():
         head = g[0]
+        first_tokens += head.first_tokens
         before[head.group_class] += 1
         after[classify_group([r.passed for r in g])] += 1
         if head.extra_status != "not_needed":
@@ -467,6 +469,9 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     m[f"{prefix}extra/replaced"] = sum(r.replaced for r in rows)
     m[f"{prefix}extra/off_policy_rows"] = sum(r.off_policy for r in rows)
     m[f"{prefix}extra/tokens"] = extra_tokens
+    m[f"{prefix}first/tokens"] = first_tokens
+    # LTE's decode work beyond GRPO's this step: the floor of its generation-time overhead (docs/cost.md).
+    m[f"{prefix}extra/token_share"] = extra_tokens / first_tokens if first_tokens else 0.0
     if extra_seconds:
         m[f"{prefix}extra/seconds_max"] = max(extra_seconds)
         m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds)

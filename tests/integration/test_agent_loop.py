@@ -226,6 +226,9 @@ def test_lte_mode_end_to_end_rollout_stage(ray_tq, tiny_model_dir, tmp_path, rew
                 assert all(math.isclose(lp, HINT_LOGPROB) for lp in r["logprobs"])
             else:
                 assert all(math.isclose(lp, ORIG_LOGPROB) for lp in r["logprobs"])
+    # First-phase tokens of a group: its G rollouts' response lengths (where nothing was replaced, the rows').
+    for tag in ("P_ALL", "P_SOME", "P_ERROR", "P_SOMETRUNC"):
+        assert set(fields_of(tag, "lte_first_tokens")) == {sum(len(r["response"]) for r in by_tag[tag])}, tag
     # The errored group is the original group, untouched.
     assert fields_of("P_ERROR", "score") == [0.0] * N and sum(fields_of("P_ERROR", "lte_replaced")) == 0
 

@@ -749,13 +749,15 @@ def test_choose_replacements_does_not_mutate_inputs():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds):
-    return RowInfo(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds)
+def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, first):
+    return RowInfo(
+        uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, first
+    )
 
 
-def _group(uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0):
+def _group(uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0, first=100):
     """flags: one (passed, orig_passed, replaced, off_policy) per row; the group fields repeat on every row."""
-    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds) for f in flags]
+    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds, first) for f in flags]
 
 
 ON_PASS = (True, True, False, False)
@@ -769,7 +771,7 @@ def _batch() -> list[RowInfo]:
         _group("a", [ON_PASS] * 4, ALL_PASS),
         _group("b", [ON_PASS, ON_FAIL, ON_PASS, ON_FAIL], SOME_PASS),
         # none-pass, hinted, 3 correct extras replace 3 of 4 failures (min_failures_kept = 1)
-        _group("c", [HINTED_IN, ON_FAIL, HINTED_IN, HINTED_IN], NONE_PASS, HINT, "ran", 3, 1200, 2.5),
+        _group("c", [HINTED_IN, ON_FAIL, HINTED_IN, HINTED_IN], NONE_PASS, HINT, "ran", 3, 1200, 2.5, first=1300),
         # none-pass, concise hint ran, nothing correct
         _group("d", [ON_FAIL] * 4, NONE_PASS, CONCISE, "ran", 0, 800, 1.5),
         # none-pass, hint did not fit: no generation, its kind must not count as a run
@@ -821,6 +823,8 @@ def test_step_metrics_hand_computed():
         "lte/extra/replaced": 4,  # 3 rows in c, 1 in g
         "lte/extra/off_policy_rows": 3,  # c's hinted rows only
         "lte/extra/tokens": 2500,  # 1200 + 800 + 500
+        "lte/first/tokens": 2100,  # 8 groups * 100 + c's 1300: every group's first phase, also those skipped
+        "lte/extra/token_share": 2500 / 2100,
         "lte/extra/seconds_max": 2.5,
         "lte/extra/seconds_mean": 1.5,  # (2.5 + 1.5 + 0.5) / 3
         "lte/on_policy_acc": 6 / 36,  # a: 4, b: 2 originally passed
@@ -845,6 +849,8 @@ def test_step_metrics_no_extra_phase_ran():
     assert "extra/rescue_rate" not in got
     assert "extra/seconds_max" not in got and "extra/seconds_mean" not in got
     assert got["extra/tokens"] == 0
+    assert got["first/tokens"] == 200 and got["extra/token_share"] == 0.0
+    assert step_metrics(_group("z", [ON_FAIL], NONE_PASS, first=0), prefix="")["extra/token_share"] == 0.0
     assert got["groups/none_pass_before"] == got["groups/none_pass_after"] == 1
     assert got["groups/none_pass_after_share"] == 0.5
     assert got["on_policy_acc"] == got["acc_after"] == 0.25

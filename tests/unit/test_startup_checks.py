@@ -44,6 +44,7 @@ def test_every_arm_composes(mode):
         (["actor_rollout_ref.rollout.calculate_log_probs=false"], "calculate_log_probs"),
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n"),
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
+        (["trainer.v1.trainer_mode=separate_async"], "trainer.v1.trainer_mode"),
         (["actor_rollout_ref.rollout.agent.agent_loop_manager_class=x.Y"], "agent_loop_manager_class"),
         (["lte.mode=luffy"], "lte.mode"),
         (["lte.loss.gamma=0"], "lte.loss.gamma"),
@@ -70,3 +71,24 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(ValueError) as err:
         check_config(_cfg("algorithm.adv_estimator=gae", "distillation.enabled=true"))
     assert "algorithm.adv_estimator" in str(err.value) and "distillation.enabled" in str(err.value)
+
+
+def _replay_buffer(*overrides: str):
+    """verl's replay buffer as LTE's trainer builds it (the method needs only the trainer's config)."""
+    from recipe.lte.trainer import LTETrainer
+
+    config = prepare_config(_cfg(*overrides))
+    trainer = object.__new__(LTETrainer)
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode
+    return trainer._build_replay_buffer()
+
+
+def test_replay_buffer_poll_interval_is_verls_unless_set():
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    default = _replay_buffer()
+    assert type(default) is ReplayBuffer and default.poll_interval == 2.0  # verl 0.9.1's hard-coded value
+    assert _replay_buffer("+trainer.v1.sampler.poll_interval=0.1").poll_interval == 0.1
+    with pytest.raises(ValueError, match=r"trainer.v1.sampler.poll_interval=0: must be"):
+        _replay_buffer("+trainer.v1.sampler.poll_interval=0")

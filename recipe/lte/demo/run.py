@@ -77,6 +77,9 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
         f"trainer.total_training_steps={steps}",
         f"trainer.save_freq={steps}",
         "trainer.resume_mode=auto",
+        # verl's replay buffer polls for finished groups every 2 s: on steps of a few seconds, that is a third of
+        # the step (honoured by recipe.lte.trainer.LTETrainer).
+        "+trainer.v1.sampler.poll_interval=0.1",
     ]
 
 
