@@ -43,8 +43,18 @@ def ray_head(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE", "RAY_AUTH_MODE")}
     env.update(LTE_RUN_ID=run_id, RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
     ray = str(Path(sys.executable).parent / "ray")
-    cmd = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-           "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        ray,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
@@ -79,10 +89,21 @@ def test_run_lte_preflight_joins_the_cluster_named_by_ray_address(ray_head, tmp_
     # config forwards it, and the task on the joined node sees it.
     address, home = ray_head
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RAY_ADDRESS=address, HOME=home, LTE_DATA_DIR=str(tmp_path / "data"),
-               LTE_CKPT_DIR=str(tmp_path / "ckpt"), PATH="/usr/bin:/bin")  # fmt: skip
-    res = subprocess.run(["bash", str(REPO / "run_lte.sh"), "--preflight", "--preset", "qwen3-4b-lte"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    env.update(
+        RAY_ADDRESS=address,
+        HOME=home,
+        LTE_DATA_DIR=str(tmp_path / "data"),
+        LTE_CKPT_DIR=str(tmp_path / "ckpt"),
+        PATH="/usr/bin:/bin",
+    )
+    res = subprocess.run(
+        ["bash", str(REPO / "run_lte.sh"), "--preflight", "--preset", "qwen3-4b-lte"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     ray_line = next(line for line in res.stdout.splitlines() if line.strip().startswith("FAIL  ray"))
     assert f"{address}: 1 node(s), 0 GPUs" in ray_line and "sees" not in ray_line

@@ -97,8 +97,14 @@ def test_checkpoints_on_disk_follows_verls_retention(saves, keep, on_disk):
 
 
 def qwen3_8b_layout(**kw) -> E.Layout:
-    values = dict(world_size=8, tensor_parallel=2, vllm_fraction=0.6, update_tokens=19456, log_prob_tokens=38912,
-                  entropy_in_update=False)  # fmt: skip
+    values = dict(
+        world_size=8,
+        tensor_parallel=2,
+        vllm_fraction=0.6,
+        update_tokens=19456,
+        log_prob_tokens=38912,
+        entropy_in_update=False,
+    )
     return E.Layout(**{**values, **kw})
 
 
@@ -137,8 +143,14 @@ def test_layouts_of_the_presets_and_the_4b_log_prob_budget():
     from recipe.lte.tools.dry_run import compose_and_check
 
     layout = E.layout_from_config(compose_and_check("qwen3-4b-lte-dagger", []))
-    assert layout == E.Layout(world_size=8, tensor_parallel=1, vllm_fraction=0.6, update_tokens=29184,
-                              log_prob_tokens=29184, entropy_in_update=True)  # fmt: skip
+    assert layout == E.Layout(
+        world_size=8,
+        tensor_parallel=1,
+        vllm_fraction=0.6,
+        update_tokens=29184,
+        log_prob_tokens=29184,
+        entropy_in_update=True,
+    )
     # Why 29184 and not twice that: with eager entropy the old-log-prob pass at 58368 tokens would be the 4B
     # run's peak; at 29184 it stays below the update's.
     shape = E.ModelShape.from_config(E.KNOWN_MODEL_CONFIGS["Qwen/Qwen3-4B-Base"], params=4_022_468_096)

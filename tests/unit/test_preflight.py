@@ -22,8 +22,14 @@ from recipe.lte.tools.gpus import Gpu, GpuQueryError, parse_nvidia_smi, visible
 GIB = 1024**3
 H100 = 81559 * 1024**2
 SHAPE_8B = E.ModelShape.from_config(E.KNOWN_MODEL_CONFIGS["Qwen/Qwen3-8B-Base"], params=8_190_735_360)
-LAYOUT_8B = E.Layout(world_size=8, tensor_parallel=2, vllm_fraction=0.6, update_tokens=19456,
-                     log_prob_tokens=38912, entropy_in_update=False)  # fmt: skip
+LAYOUT_8B = E.Layout(
+    world_size=8,
+    tensor_parallel=2,
+    vllm_fraction=0.6,
+    update_tokens=19456,
+    log_prob_tokens=38912,
+    entropy_in_update=False,
+)
 
 
 def gpus(n: int, total: int = H100, used: int = 0) -> list[Gpu]:
@@ -216,8 +222,15 @@ def test_disk_check_against_the_real_free_space(tmp_path):
     free = shutil.disk_usage(tmp_path).free
     ckpt = tmp_path / "checkpoints" / "lte" / "run"  # not created yet: its nearest existing parent is measured
     assert P.existing_ancestor(ckpt) == tmp_path
-    fits = P.CheckpointPlan(bytes_each=free // 4, on_disk=2, saves=10, max_to_keep=2, first_save_step=50,
-                            contents=["model", "optimizer", "extra"], params=free // 48)  # fmt: skip
+    fits = P.CheckpointPlan(
+        bytes_each=free // 4,
+        on_disk=2,
+        saves=10,
+        max_to_keep=2,
+        first_save_step=50,
+        contents=["model", "optimizer", "extra"],
+        params=free // 48,
+    )
     c = P.check_disk(str(ckpt), fits, free)
     assert c.status == P.OK and "up to 2 checkpoint(s) at once" in c.message
     too_big = P.CheckpointPlan(**{**fits.__dict__, "bytes_each": free // 2 + 1})
@@ -308,8 +321,16 @@ def test_run_checks_on_a_preset_here(tmp_path, monkeypatch):
     report = P.run_checks("qwen3-8b-lte", overrides, gpu_query=no_gpu)
     status = {c.name: c.status for c in report.checks}
     flash = P.OK if P.probe_flash_attn().imported else P.FAIL  # really imported (fails in the CPU environment)
-    assert status == {"config": P.OK, "gpus": P.FAIL, "flash-attn": flash, "model": P.FAIL, "data": P.WARN,
-                      "disk": status["disk"], "logger": P.OK, "ray": P.SKIP}  # fmt: skip
+    assert status == {
+        "config": P.OK,
+        "gpus": P.FAIL,
+        "flash-attn": flash,
+        "model": P.FAIL,
+        "data": P.WARN,
+        "disk": status["disk"],
+        "logger": P.OK,
+        "ray": P.SKIP,
+    }
     assert "8.19B parameters" in report.title
     text = report.format()
     assert "fix: run on a node with 8 GPUs" in text and "checks failed" in text

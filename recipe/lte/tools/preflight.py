@@ -101,8 +101,9 @@ def check_gpus(
     smallest = min(gpus, key=lambda g: g.total_bytes)
     kind = f"{len(gpus)} x {smallest.name} ({estimate.gib(smallest.total_bytes)})"
     if not (shape and layout):
-        return Check(name, WARN, f"{kind}; memory not estimated (the model's config.json is not readable)",
-                     "see the model check")  # fmt: skip
+        return Check(
+            name, WARN, f"{kind}; memory not estimated (the model's config.json is not readable)", "see the model check"
+        )
     peaks = estimate.gpu_memory(shape, layout, smallest.total_bytes)
     phase, peak = max(peaks.items(), key=lambda kv: kv[1])
     listed = ", ".join(f"{PHASE_NAMES[k]} {estimate.gib(v)}" for k, v in peaks.items())
@@ -110,19 +111,32 @@ def check_gpus(
     message = f"{kind}; estimated peak per GPU: {listed}; vLLM KV cache ~{kv // 1000}k tokens per replica"
     over = [k for k, v in peaks.items() if v > smallest.total_bytes]
     if over:
-        return Check(name, FAIL, message + f": {', '.join(PHASE_NAMES[k] for k in over)} do(es) not fit",
-                     "; ".join(PHASE_FIXES[k] for k in over))  # fmt: skip
+        return Check(
+            name,
+            FAIL,
+            message + f": {', '.join(PHASE_NAMES[k] for k in over)} do(es) not fit",
+            "; ".join(PHASE_FIXES[k] for k in over),
+        )
     if kv <= 0:
-        return Check(name, FAIL, message + ": vLLM's share does not hold the weights",
-                     "raise actor_rollout_ref.rollout.gpu_memory_utilization or tensor_model_parallel_size")  # fmt: skip
+        return Check(
+            name,
+            FAIL,
+            message + ": vLLM's share does not hold the weights",
+            "raise actor_rollout_ref.rollout.gpu_memory_utilization or tensor_model_parallel_size",
+        )
     busy = [g for g in gpus if g.used_bytes > GPU_BUSY_BYTES]
     if busy:
         used = ", ".join(f"GPU {g.index} {estimate.gib(g.used_bytes)}" for g in busy)
-        return Check(name, WARN, message + f"; already in use by other processes: {used}",
-                     "free those GPUs (nvidia-smi shows who holds them) or pick others with CUDA_VISIBLE_DEVICES")  # fmt: skip
+        return Check(
+            name,
+            WARN,
+            message + f"; already in use by other processes: {used}",
+            "free those GPUs (nvidia-smi shows who holds them) or pick others with CUDA_VISIBLE_DEVICES",
+        )
     if peak > GPU_WARN_SHARE * smallest.total_bytes:
-        return Check(name, WARN, message + f": {PHASE_NAMES[phase]} is within 10% of the GPU's memory",
-                     PHASE_FIXES[phase])  # fmt: skip
+        return Check(
+            name, WARN, message + f": {PHASE_NAMES[phase]} is within 10% of the GPU's memory", PHASE_FIXES[phase]
+        )
     return Check(name, OK, message)
 
 
@@ -193,8 +207,14 @@ def inspect_model_folder(folder: Path) -> list[str]:
     problems = []
     if not (folder / "config.json").is_file():
         problems.append("config.json")
-    index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                  if (folder / n).is_file()), None)  # fmt: skip
+    index = next(
+        (
+            folder / n
+            for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+            if (folder / n).is_file()
+        ),
+        None,
+    )
     if index is not None:
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not (folder / s).is_file())
@@ -289,12 +309,20 @@ def check_data(files: list[str], data_dir: str, buildable: set[str], env: Mappin
     if fail:
         return Check(name, FAIL, "; ".join(fail), "build the data (python -m data_prep --help) or fix data.*_files")
     if build and env.get("HF_HUB_OFFLINE") == "1":
-        return Check(name, FAIL, f"missing: {', '.join(build)}; HF_HUB_OFFLINE=1, so they cannot be downloaded",
-                     f"on a machine with internet: {build_cmd} (or --local NAME=PATH from local copies)")  # fmt: skip
+        return Check(
+            name,
+            FAIL,
+            f"missing: {', '.join(build)}; HF_HUB_OFFLINE=1, so they cannot be downloaded",
+            f"on a machine with internet: {build_cmd} (or --local NAME=PATH from local copies)",
+        )
     if build:
-        return Check(name, WARN, f"missing: {', '.join(build)} (present: {', '.join(present) or 'none'}); "
-                     "run_lte.sh builds them before training (downloads from the Hugging Face hub)",
-                     f"on nodes without internet, build them first elsewhere: {build_cmd}")  # fmt: skip
+        return Check(
+            name,
+            WARN,
+            f"missing: {', '.join(build)} (present: {', '.join(present) or 'none'}); "
+            "run_lte.sh builds them before training (downloads from the Hugging Face hub)",
+            f"on nodes without internet, build them first elsewhere: {build_cmd}",
+        )
     return Check(name, OK, ", ".join(present))
 
 
@@ -335,15 +363,20 @@ class CheckpointPlan:
     params: int = 0
 
 
-def check_disk(ckpt_dir: str, plan: CheckpointPlan | None, free_bytes: int, nnodes: int = 1,
-               fs_type: str | None = None) -> Check:  # fmt: skip
+def check_disk(
+    ckpt_dir: str, plan: CheckpointPlan | None, free_bytes: int, nnodes: int = 1, fs_type: str | None = None
+) -> Check:
     """Free space at the checkpoint folder against the checkpoints the run holds at once (x their size)."""
     name = "disk"
     gb = 1e9
     free = f"{free_bytes / gb:.0f} GB free at {ckpt_dir}"
     if plan is None:
-        return Check(name, WARN, f"{free}; checkpoint size unknown (the model's config.json is not readable)",
-                     "see the model check")  # fmt: skip
+        return Check(
+            name,
+            WARN,
+            f"{free}; checkpoint size unknown (the model's config.json is not readable)",
+            "see the model check",
+        )
     if plan.saves == 0:
         return Check(name, OK, f"{free}; the run saves no checkpoint (trainer.save_freq <= 0)")
     need = plan.on_disk * plan.bytes_each
@@ -361,8 +394,12 @@ def check_disk(ckpt_dir: str, plan: CheckpointPlan | None, free_bytes: int, nnod
             "trainer.max_actor_ckpt_to_keep (2 keeps a whole checkpoint through an interrupted save)",
         )
     if nnodes > 1 and fs_type in NODE_LOCAL_FS:
-        return Check(name, WARN, f"{free} ({fs_type}); {what}; with trainer.nnodes={nnodes} every node writes "
-                     "its shards into this folder", "put the checkpoint folder on a file system all nodes share")  # fmt: skip
+        return Check(
+            name,
+            WARN,
+            f"{free} ({fs_type}); {what}; with trainer.nnodes={nnodes} every node writes its shards into this folder",
+            "put the checkpoint folder on a file system all nodes share",
+        )
     return Check(name, OK, f"{free}; the run needs {what}")
 
 
@@ -377,8 +414,9 @@ def netrc_has_host(netrc_path: Path, host: str) -> bool:
         return False
 
 
-def check_logger(loggers: list[str], env: Mapping[str, str], forwarded: Mapping[str, str], has_netrc_key: bool,
-                 joined_cluster: bool) -> Check:  # fmt: skip
+def check_logger(
+    loggers: list[str], env: Mapping[str, str], forwarded: Mapping[str, str], has_netrc_key: bool, joined_cluster: bool
+) -> Check:
     """wandb with credentials or in an offline mode, and that mode in the runtime_env every Ray worker gets."""
     name = "logger"
     if "wandb" not in loggers:
@@ -482,22 +520,35 @@ def probe_ray_cluster(address: str, runtime_env: dict, env_names: list[str], tim
         ray.shutdown()
 
 
-def check_ray_cluster(address: str | None, nodes: list[NodeReport] | None, nnodes: int, per_node: int,
-                      expected_env: Mapping[str, str], verl_version: str, probe_error: str = "") -> Check:  # fmt: skip
+def check_ray_cluster(
+    address: str | None,
+    nodes: list[NodeReport] | None,
+    nnodes: int,
+    per_node: int,
+    expected_env: Mapping[str, str],
+    verl_version: str,
+    probe_error: str = "",
+) -> Check:
     """A joined cluster (``RAY_ADDRESS``) with the run's nodes and GPUs, the project, verl and the logger's
     settings on every node."""
     name = "ray"
     if not address:
         return Check(name, SKIP, "RAY_ADDRESS not set: the run starts its own Ray on this node")
     if nodes is None:
-        return Check(name, FAIL, f"cannot join the Ray cluster at {address}: {probe_error}",
-                     "start it (ray start --head, or scripts/slurm_lte.sbatch) or unset RAY_ADDRESS")  # fmt: skip
+        return Check(
+            name,
+            FAIL,
+            f"cannot join the Ray cluster at {address}: {probe_error}",
+            "start it (ray start --head, or scripts/slurm_lte.sbatch) or unset RAY_ADDRESS",
+        )
     problems = []
     gpu_nodes = [n for n in nodes if n.gpus > 0]
     total = sum(n.gpus for n in nodes)
     if len(gpu_nodes) < nnodes or total < nnodes * per_node:
-        problems.append(f"{len(gpu_nodes)} node(s) with GPUs and {total} GPUs; the run needs trainer.nnodes="
-                        f"{nnodes} x trainer.n_gpus_per_node={per_node}")  # fmt: skip
+        problems.append(
+            f"{len(gpu_nodes)} node(s) with GPUs and {total} GPUs; the run needs trainer.nnodes="
+            f"{nnodes} x trainer.n_gpus_per_node={per_node}"
+        )
     for n in gpu_nodes:
         if n.gpus < per_node:
             problems.append(f"{n.node} has {n.gpus} GPUs < trainer.n_gpus_per_node={per_node}")
@@ -630,8 +681,9 @@ def run_checks(
             query_error = str(e)
     checks.append(check_gpus(gpus, int(t.n_gpus_per_node), shape, layout, query_error=query_error, cpu_platform=cpu))
 
-    attn = str(config.actor_rollout_ref.model.get("override_config", {}).get("attn_implementation",
-                                                                                "flash_attention_2"))  # fmt: skip
+    attn = str(
+        config.actor_rollout_ref.model.get("override_config", {}).get("attn_implementation", "flash_attention_2")
+    )
     checks.append(check_flash_attn(attn, flash_probe))
     checks.append(check_model(model_path, env))
     checks.append(check_data(data_files(config), env.get("LTE_DATA_DIR", "data"), _buildable(), env))
@@ -646,7 +698,7 @@ def run_checks(
             shutil.disk_usage(anchor).free,
             int(t.nnodes),
             filesystem_type(str(anchor.resolve()), mounts),
-        )  # fmt: skip
+        )
     )
 
     runtime_env = OmegaConf.to_container(config.ray_kwargs.ray_init.get("runtime_env") or {}, resolve=True)
@@ -665,8 +717,9 @@ def run_checks(
         except Exception as e:  # ray.init raises ConnectionError, TimeoutError, RuntimeError, ...
             probe_error = f"{type(e).__name__}: {str(e)[:300]}"
     verl_version = importlib.metadata.version("verl")
-    checks.append(check_ray_cluster(address, nodes, int(t.nnodes), int(t.n_gpus_per_node), expected, verl_version,
-                                    probe_error))  # fmt: skip
+    checks.append(
+        check_ray_cluster(address, nodes, int(t.nnodes), int(t.n_gpus_per_node), expected, verl_version, probe_error)
+    )
     if source:
         title += f"; model config from {source}"
     return Report(title, checks, time.monotonic() - start)
