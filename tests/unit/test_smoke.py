@@ -1,0 +1,60 @@
+"""The smoke run's bookkeeping (recipe/lte/tools/smoke.py) on real files; the run itself is tests/e2e/test_smoke_run.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from recipe.lte.tools import smoke as S
+
+
+def test_user_overrides_win_over_the_smoke_settings():
+    merged = S.merge_overrides(list(S.SMOKE_OVERRIDES), ["data.train_batch_size=32", "+lte.seed=3"])
+    assert "data.train_batch_size=16" not in merged and merged[-2:] == ["data.train_batch_size=32", "+lte.seed=3"]
+    assert "trainer.save_freq=1" in merged and f"trainer.total_training_steps={S.SMOKE_STEPS}" in merged
+
+
+def test_saved_checkpoints_and_metric_peaks_from_a_run_folder(tmp_path):
+    for step, size in ((1, 100), (2, 300)):
+        actor = tmp_path / f"global_step_{step}" / "actor"
+        (actor / "huggingface").mkdir(parents=True)
+        (actor / "model_world_size_1_rank_0.pt").write_bytes(b"x" * size)
+        (actor / "huggingface" / "config.json").write_text("{}")
+    (tmp_path / "global_step_3" / "actor").mkdir(parents=True)  # an interrupted save: no shards
+    assert S.saved_checkpoints(tmp_path) == {1: 102, 2: 302}
+    records = [{"step": 1, "perf/max_memory_allocated_gb": 30.5}, {"step": 2, "perf/max_memory_allocated_gb": 41.0}]
+    (tmp_path / "lte_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert S.metric_peak(tmp_path, "perf/max_memory_allocated_gb") == 41.0
+    assert S.metric_peak(tmp_path, "perf/absent") is None  # never above 0 (the CPU platform reports 0)
+    assert S._check_training(tmp_path) == "steps [1, 2], checkpoints [1, 2]"
+    (tmp_path / "global_step_2" / "actor" / "model_world_size_1_rank_0.pt").unlink()
+    assert S._check_training(tmp_path).startswith("FAILED")
+
+
+def test_peak_sampler_keeps_the_peak_of_each_phase():
+    values = iter([5, 9, 7] + [1] * 1000)
+    sampler = S.PeakSampler(lambda: next(values), interval=0.01)
+    sampler.phase = "train"
+    sampler.start()
+    time.sleep(0.2)
+    sampler.phase = "merge"
+    time.sleep(0.1)
+    sampler.stop()
+    assert sampler.peaks["train"] == 9 and sampler.peaks["merge"] == 1
+
+
+def test_report_lines():
+    summary = {"benchmarks": [{"data_source": "math", "problems": 1, "n": 2, "pass_at_k": {"1": 0.5, "2": 1.0}}]}
+    assert S.format_eval(summary) == "math 1 problem(s) x 2: pass@1 0.50, pass@2 1.00"
+    report = {
+        "label": "qwen3-4b-lte",
+        "passed": True,
+        "seconds": 300.0,
+        "memory_kind": "nvidia-smi",
+        "phases": [{"name": "train", "rc": 0, "seconds": 200.0, "peak_bytes": 60 * 2**30}],
+        "estimates": {"train": "per GPU: rollout 59.2 GiB"},
+        "notes": ["a note"],
+    }
+    text = S.format_report(report)
+    assert "qwen3-4b-lte: passed in 300 s" in text and "60.0 GiB  per GPU: rollout 59.2 GiB" in text
+    assert text.endswith("  a note")
