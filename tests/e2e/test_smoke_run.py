@@ -48,6 +48,9 @@ def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> No
     # Peak memory was sampled in the phases that hold a model (PSS of the run's processes on CPU).
     peaks = {p["name"]: p["peak_bytes"] for p in report["phases"]}
     assert peaks["train"] > 500 * 2**20 and peaks["evaluate"] > 200 * 2**20, peaks
+    # vLLM's KV cache is sized from the run (main's memory fix), so training fits the first run's 16 GiB laptop.
+    assert "kv_cache_memory_bytes=" in (out / "train.log").read_text()
+    assert max(peaks.values()) < 16 * 2**30, peaks
 
     # What the user sees: the checklist, a line per step, the merge, the closing table.
     assert "[preflight]" in text and "skip  gpus" in text and "all 8 checks passed" in text

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import uuid
 
 from recipe.lte.tools import smoke as S
 
@@ -58,3 +62,25 @@ def test_report_lines():
     text = S.format_report(report)
     assert "qwen3-4b-lte: passed in 300 s" in text and "60.0 GiB  per GPU: rollout 59.2 GiB" in text
     assert text.endswith("  a note")
+
+
+def test_run_memory_counts_the_runs_processes_and_the_launcher():
+    # A child of the run (its LTE_RUN_ID) holding 300 MiB it has written: the run's PSS sum includes it.
+    run_id = f"pytest-smoke-mem-{uuid.uuid4().hex[:8]}"
+    hold = "import sys; b = b'x' * (300 * 2**20); print('ready', flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", hold],
+        env={**os.environ, "LTE_RUN_ID": run_id},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with_child = S.run_memory(run_id)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    alone = S.run_memory(run_id)  # only this process now
+    assert with_child - alone > 300 * 2**20, (with_child, alone)
+    assert alone > 0

@@ -7,7 +7,6 @@ every Ray session on the machine, other users' included. Linux only (reads ``/pr
 
     python -m recipe.lte.tools.processes list RUN_ID
     python -m recipe.lte.tools.processes kill RUN_ID     # SIGTERM, then SIGKILL after a grace period
-    python -m recipe.lte.tools.processes memory RUN_ID   # the run's memory now (PSS summed over its processes)
 """
 
 from __future__ import annotations
@@ -70,25 +69,6 @@ def kill_run(run_id: str, grace_s: float = 5.0) -> list[int]:
     return pids
 
 
-def memory_bytes(pid: int) -> int:
-    """The process's proportional set size (PSS: each shared page split among the processes mapping it, so a sum
-    over processes counts it once); its resident set size where smaps_rollup is not readable; 0 if it is gone."""
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith(key):
-                        return int(line.split()[1]) * 1024
-        except OSError:  # gone, or another user's process
-            continue
-    return 0
-
-
-def run_memory_bytes(run_id: str) -> int:
-    """Memory of the whole run now: PSS summed over its processes (the caller and its parents excluded)."""
-    return sum(memory_bytes(pid) for pid in run_pids(run_id))
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -98,12 +78,9 @@ def _alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="List, measure or end the processes of one run (by LTE_RUN_ID).")
-    parser.add_argument("action", choices=["list", "kill", "memory"])
+    parser = argparse.ArgumentParser(description="List or end the processes of one run (by LTE_RUN_ID).")
+    parser.add_argument("action", choices=["list", "kill"])
     parser.add_argument("run_id")
     args = parser.parse_args()
-    if args.action == "memory":
-        print(f"{run_memory_bytes(args.run_id) / 1024**3:.2f} GiB")
-    else:
-        found = run_pids(args.run_id) if args.action == "list" else kill_run(args.run_id)
-        print(" ".join(map(str, found)))
+    found = run_pids(args.run_id) if args.action == "list" else kill_run(args.run_id)
+    print(" ".join(map(str, found)))

@@ -14,8 +14,8 @@ CPU platform stand in for the preset (``recipe.lte.demo``); everything after tha
 
 Peak memory is sampled every half second: on GPUs the most any GPU of this node uses (nvidia-smi) plus the actor's
 torch peak that verl logs (``perf/max_memory_allocated_gb``); on CPU the run's processes' memory (PSS, summed:
-``recipe.lte.tools.processes``). Output in ``--out``: train.log, checkpoints/, hf/ (the merged model), eval/,
-smoke_report.json.
+``recipe.lte.tools.memory``). Output in ``--out``: each phase's log (train.log, ...), ckpt/, hf/ (the merged
+model), eval/, smoke_report.json.
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ def gpu_sample() -> int:
     return max(g.used_bytes for g in query_gpus())
 
 
+def run_memory(run_id: str) -> int:
+    """The run's memory now on CPU: PSS summed over its processes and this launcher (``recipe.lte.tools.memory``)."""
+    from recipe.lte.tools import memory
+    from recipe.lte.tools.processes import run_pids
+
+    return memory.sample([*run_pids(run_id), os.getpid()]).pss
+
+
 @dataclass
 class Plan:
     """What differs between a preset on GPUs and the CPU demo; everything else is shared."""
@@ -139,19 +147,19 @@ def preset_plan(preset: str, out: Path, user: list[str], run_id: str) -> Plan:
 
 def demo_plan(out: Path, build_dir: Path, user: list[str], run_id: str) -> Plan:
     """The CPU demo's smoke run: the demo model and settings on verl's CPU platform."""
-    from recipe.lte.demo import build_demo, task
-    from recipe.lte.demo.run import demo_overrides, train_env
-    from verl_ext.cpu.env import cpu_overrides
+    from recipe.lte.demo import task
+    from recipe.lte.demo.run import build_in_child, demo_overrides, platform_overrides, train_env
 
     print(f"[smoke] building or reusing the demo model and data in {build_dir}", flush=True)
-    build = build_demo(build_dir)
+    build = build_in_child(build_dir)  # the warm-up's memory is gone before the phases (this process is sampled)
     ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="lte-ray-", dir="/tmp")
-    base = [
-        *cpu_overrides(ray_temp_dir=ray_temp_dir),
+    training = [
         *demo_overrides(build, out / "ckpt", SMOKE_STEPS, "lte"),
         *SMOKE_OVERRIDES,
         "trainer.experiment_name=cpu-demo-smoke",
     ]
+    # The platform's overrides size vLLM's KV cache from the run's settings, the user's included.
+    base = [*platform_overrides(merge_overrides(training, user), ray_temp_dir, build["model_dir"]), *training]
     env = train_env(run_id)
     env["LTE_RAY_TEMP_DIR"] = ray_temp_dir
     return Plan(
@@ -301,7 +309,6 @@ def phase_commands(plan: Plan, run_dir: Path, hf_dir: Path, eval_dir: Path, eval
 
 def run(args: argparse.Namespace, user: list[str]) -> int:
     from recipe.lte.tools.dry_run import compose_and_check
-    from recipe.lte.tools.processes import run_memory_bytes
 
     out = Path(args.out or f"{DEFAULT_OUT}/{args.preset or 'cpu-demo'}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +326,7 @@ def run(args: argparse.Namespace, user: list[str]) -> int:
     hf_dir, eval_dir = out / "hf", out / "eval"
     steps = phase_commands(plan, run_dir, hf_dir, eval_dir, eval_data)[1 if args.no_preflight else 0 :]
 
-    sampler = PeakSampler(gpu_sample if plan.on_gpu else lambda: run_memory_bytes(run_id))
+    sampler = PeakSampler(gpu_sample if plan.on_gpu else lambda: run_memory(run_id))
     sampler.start()
     phases: list[Phase] = []
     start = time.monotonic()
