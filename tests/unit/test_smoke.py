@@ -84,3 +84,34 @@ def test_run_memory_counts_the_runs_processes_and_the_launcher():
     alone = S.run_memory(run_id)  # only this process now
     assert with_child - alone > 300 * 2**20, (with_child, alone)
     assert alone > 0
+
+
+def test_a_presets_smoke_config_passes_verls_validation_and_keeps_its_layout(tmp_path):
+    # The GPU path's config, composed and validated here as on the GPU node (nothing runs): the preset's model and
+    # layout, 2 steps saving at each, the checkpoints under --out, a user override winning.
+    from recipe.lte.tools.dry_run import compose_and_check
+    from recipe.lte.tools.preflight import checkpoint_plan, model_shape
+
+    plan = S.preset_plan("qwen3-8b-lte", tmp_path, ["trainer.experiment_name=mine"], "rid")
+    assert plan.env["LTE_RUN_ID"] == "rid" and plan.on_gpu
+    config = compose_and_check(plan.preset, plan.overrides)
+    assert config.trainer.total_training_steps == S.SMOKE_STEPS and config.trainer.save_freq == 1
+    assert config.trainer.default_local_dir == str(tmp_path / "ckpt")
+    assert config.data.train_batch_size == 16 and config.actor_rollout_ref.actor.ppo_mini_batch_size == 8
+    assert config.trainer.experiment_name == "mine"
+    assert config.actor_rollout_ref.model.path == "Qwen/Qwen3-8B-Base" and config.trainer.n_gpus_per_node == 8
+
+    # Both saves stay on disk (keep 2): the disk check of the smoke's own preflight counts them.
+    shape, _ = model_shape(str(config.actor_rollout_ref.model.path))
+    ckpt = checkpoint_plan(config, shape)
+    assert (ckpt.saves, ckpt.on_disk) == (2, 2)
+
+    # The evaluation uses the run's vLLM layout and lengths; the phases are the user-facing commands, in order.
+    rollout = config.actor_rollout_ref.rollout
+    args = S.gpu_eval_args(config)
+    assert args[args.index("--tensor-parallel-size") + 1] == str(rollout.tensor_model_parallel_size) == "2"
+    assert args[args.index("--max-model-len") + 1] == str(rollout.prompt_length + rollout.response_length)
+    phases = S.phase_commands(plan, tmp_path / "ckpt", tmp_path / "hf", tmp_path / "eval", ["val.parquet"])
+    assert [p[0] for p in phases] == list(S.PHASES)
+    assert phases[1][1][1:4] == ["-m", "recipe.lte.main_lte", "+preset=qwen3-8b-lte"]
+    assert phases[0][1][3:5] == ["--preset", "qwen3-8b-lte"] and "trainer.save_freq=1" in phases[0][1]
