@@ -158,3 +158,10 @@ def test_layouts_of_the_presets_and_the_4b_log_prob_budget():
     assert lte["old_log_prob"] < lte["update"]
     doubled = E.gpu_memory(shape, dataclasses.replace(layout, log_prob_tokens=58368, entropy_in_update=False))
     assert doubled["old_log_prob"] > lte["update"]
+
+
+def test_sizes_and_parameter_counts_read_as_people_write_them():
+    assert E.si(98_288_824_320, "B") == "98.3 GB" and E.si(196_577_648_640, "B") == "197 GB"
+    assert E.si(17_240_000, "B") == "17.2 MB" and E.si(512, "B") == "512 B"
+    assert E.params_text(8_190_735_360) == "8.19B" and E.params_text(1_436_000) == "1.44M"
+    assert E.params_text(999) == "999"

@@ -248,6 +248,20 @@ def vllm_kv_tokens(shape: ModelShape, layout: Layout, gpu_bytes: int = NOMINAL_G
     return max(0, int(share // per_token))
 
 
+def si(n: float, unit: str, prefixes: tuple[str, str, str] = ("k", "M", "G")) -> str:
+    """``n`` with three significant digits and a decimal prefix: ``si(98.3e9, "B") == "98.3 GB"``; counts use
+    ``prefixes=("K", "M", "B")`` and no unit: ``"8.19B"``, ``"1.3M"``."""
+    for factor, prefix in zip((1e9, 1e6, 1e3), reversed(prefixes), strict=True):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{' ' if unit else ''}{prefix}{unit}"
+    return f"{n:.3g}{' ' if unit else ''}{unit}"
+
+
+def params_text(n: int) -> str:
+    """A parameter count as people write it: ``8.19B``, ``1.3M``."""
+    return si(n, "", ("K", "M", "B"))
+
+
 def gib(n: float) -> str:
     """``n`` bytes as GiB with one decimal."""
     return f"{n / GIB:.1f} GiB"

@@ -382,8 +382,9 @@ def check_disk(
     need = plan.on_disk * plan.bytes_each
     what = (
         f"up to {plan.on_disk} checkpoint(s) at once ({plan.saves} saves, trainer.max_actor_ckpt_to_keep="
-        f"{plan.max_to_keep}) of {plan.bytes_each / gb:.1f} GB ({'+'.join(plan.contents)}: "
-        f"{plan.bytes_each / plan.params:.0f} bytes x {plan.params / 1e9:.2f}B parameters) = {need / gb:.0f} GB"
+        f"{plan.max_to_keep}) of {estimate.si(plan.bytes_each, 'B')} ({'+'.join(plan.contents)}: "
+        f"{plan.bytes_each / plan.params:.0f} bytes x {estimate.params_text(plan.params)} parameters) = "
+        f"{estimate.si(need, 'B')}"
     )
     if free_bytes < need:
         return Check(
@@ -670,7 +671,7 @@ def run_checks(
     layout = estimate.layout_from_config(config)
     t = config.trainer
     if shape:
-        title += f" ({shape.params / 1e9:.2f}B parameters, {t.nnodes} node(s) x {t.n_gpus_per_node} GPUs)"
+        title += f" ({estimate.params_text(shape.params)} parameters, {t.nnodes} node(s) x {t.n_gpus_per_node} GPUs)"
 
     cpu = env.get("VERL_PLATFORM", "").lower() == "cpu"
     gpus, query_error = None, ""

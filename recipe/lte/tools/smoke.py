@@ -387,8 +387,9 @@ def build_report(
         ckpt = checkpoint_plan(config, shape)
         step, size = max(saved.items())
         notes.append(
-            f"checkpoint global_step_{step}: {size / 1e9:.3f} GB on disk, estimate {ckpt.bytes_each / 1e9:.3f} GB "
-            f"({'+'.join(ckpt.contents)}, {shape.params:,} parameters)"
+            f"checkpoint global_step_{step}: {estimate.si(size, 'B')} on disk, "
+            f"estimate {estimate.si(ckpt.bytes_each, 'B')} "
+            f"({'+'.join(ckpt.contents)}, {estimate.params_text(shape.params)} parameters)"
         )
     if plan.on_gpu and shape:
         from recipe.lte.tools.gpus import query_gpus
