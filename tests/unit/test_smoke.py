@@ -115,3 +115,20 @@ def test_a_presets_smoke_config_passes_verls_validation_and_keeps_its_layout(tmp
     assert [p[0] for p in phases] == list(S.PHASES)
     assert phases[1][1][1:4] == ["-m", "recipe.lte.main_lte", "+preset=qwen3-8b-lte"]
     assert phases[0][1][3:5] == ["--preset", "qwen3-8b-lte"] and "trainer.save_freq=1" in phases[0][1]
+
+
+def test_demo_platform_overrides_size_the_kv_cache_from_the_runs_last_values(tmp_path):
+    # The smoke run and the demo launcher share these overrides: vLLM's KV cache for max_num_seqs sequences of
+    # max_model_len tokens, the user's value winning (hand computation: K and V x 2 layers x 2 KV heads x 16 dims
+    # x 4 bytes = 512 bytes a token; sequences rounded up to 128-token blocks; x1.25 headroom).
+    from recipe.lte.demo.run import platform_overrides
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 2})
+    )
+    user = ["actor_rollout_ref.rollout.max_model_len=300", "actor_rollout_ref.rollout.max_num_seqs=10"]
+    kv = [o for o in platform_overrides(user, "/tmp/r", str(tmp_path)) if "kv_cache_memory_bytes=" in o]
+    assert kv == [f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={512 * 10 * 384 * 5 // 4}"]
+    user += ["actor_rollout_ref.rollout.max_num_seqs=20"]  # hydra takes the last value
+    kv = [o for o in platform_overrides(user, "/tmp/r", str(tmp_path)) if "kv_cache_memory_bytes=" in o]
+    assert kv[0].endswith(f"={512 * 20 * 384 * 5 // 4}")
