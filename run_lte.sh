@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Train one arm of the LTE paper with verl (FSDP + vLLM hybrid engine), or the CPU demo on a machine with no GPU.
 #
-#   bash run_lte.sh --preset qwen3-4b-lte [hydra overrides...]   # one paper arm (see --list)
+#   bash run_lte.sh --preflight --preset qwen3-8b-lte            # seconds: the checklist of what would fail (CPU ok)
+#   bash run_lte.sh --smoke --preset qwen3-4b-lte                # minutes: 2 steps, checkpoints, merge, evaluation
+#   bash run_lte.sh --preset qwen3-4b-lte [hydra overrides...]   # one paper arm (see --list); preflight first
 #   bash run_lte.sh --dry-run --preset qwen3-8b-lte-dagger       # compose + validate + print the config (CPU ok)
 #   bash run_lte.sh                                              # CUDA GPU: qwen3-4b-lte; no GPU: the CPU demo
+#   bash run_lte.sh --smoke                                      # no GPU: the smoke run on the CPU demo model
 #   bash run_lte.sh --steps 8 --mode grpo_extra                  # no GPU only: the CPU demo's options (--out, --steps,
 #                                                                # --mode; python -m recipe.lte.demo.run --help)
 #
-# Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2.
-# Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files are missing),
-# LTE_CKPT_DIR (checkpoints, default ./checkpoints), TENSORBOARD_DIR, WANDB_* (no wandb login: offline mode),
-# RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it).
+# Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2. --no-preflight
+# skips the checklist. Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files
+# are missing), LTE_CKPT_DIR (checkpoints, default ./checkpoints), TENSORBOARD_DIR, WANDB_* (no wandb login:
+# offline mode), RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
@@ -20,23 +23,28 @@ die() {
   echo "run_lte.sh: $*" >&2
   exit 1
 }
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then PY="$VIRTUAL_ENV/bin/python"
 elif [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"
 else PY=python3; fi
 command -v "$PY" >/dev/null || die "no python: create .venv (bash scripts/setup_env.sh) or install python3"
 
-preset="" dry_run=0 list=0 overrides=() unknown=()
+preset="" dry_run=0 list=0 preflight=0 no_preflight=0 smoke=0 out="" overrides=() unknown=()
 orig_args=("$@")
 while (($#)); do
   case "$1" in
   --preset) (($# >= 2)) || die "--preset needs a name (see --list)"; preset="$2"; shift 2 ;;
   --preset=*) preset="${1#--preset=}"; shift ;;
   --dry-run) dry_run=1; shift ;;
+  --preflight) preflight=1; shift ;;
+  --no-preflight) no_preflight=1; shift ;;
+  --smoke) smoke=1; shift ;;
+  --out) (($# >= 2)) || die "--out needs a folder"; out="$2"; shift 2 ;; # the CPU demo's and the smoke run's
+  --out=*) out="${1#--out=}"; shift ;;
   --list) list=1; shift ;;
   -h | --help) usage; exit 0 ;;
-  --*) unknown+=("$1"); shift ;; # the CPU demo's options, or an error (below)
+  --*) unknown+=("$1"); shift ;; # the CPU demo's (or the smoke run's) options, or an error (below)
   *) overrides+=("$1"); shift ;;
   esac
 done
@@ -46,12 +54,20 @@ if ((list)); then exec "$PY" -m recipe.lte.tools.dry_run --list; fi
 has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }
 
 if [[ -z "$preset" ]]; then
-  if ((dry_run)); then
+  if ((dry_run || preflight)); then
     preset=$DEFAULT_GPU_PRESET
-    echo "run_lte.sh: no --preset given: dry run of $preset" >&2
+    what=preflight
+    ((!dry_run)) || what="dry run"
+    echo "run_lte.sh: no --preset given: $what of $preset" >&2
   elif has_cuda_gpu; then
     preset=$DEFAULT_GPU_PRESET
     echo "run_lte.sh: CUDA GPU found, no --preset given: running $preset" >&2
+  elif ((smoke)); then
+    # No GPU: the smoke run on the CPU demo's model and settings (same phases as on GPUs).
+    bash "$root/scripts/setup_env.sh"
+    args=()
+    for a in "${orig_args[@]}"; do [[ "$a" == --smoke ]] || args+=("$a"); done
+    exec "$root/.venv/bin/python" -m recipe.lte.tools.smoke "${args[@]}"
   else
     # No GPU: the small end-to-end demo on CPU (scripts/cpu_demo.sh gets all arguments as given).
     exec bash "$root/scripts/cpu_demo.sh" "${orig_args[@]}"
@@ -59,7 +75,8 @@ if [[ -z "$preset" ]]; then
 fi
 
 ((${#unknown[@]} == 0)) ||
-  die "unknown option ${unknown[0]} (options: --preset NAME, --dry-run, --list, --help; the rest are hydra overrides; --steps/--mode/--out are the CPU demo's, without --preset on a machine with no GPU)"
+  die "unknown option ${unknown[0]} (options: --preset NAME, --preflight, --smoke [--out DIR], --no-preflight, --dry-run, --list, --help; the rest are hydra overrides; --steps/--mode are the CPU demo's, without --preset on a machine with no GPU)"
+[[ -z "$out" ]] || ((smoke)) || die "--out is for --smoke (or the CPU demo); a run's folders: LTE_CKPT_DIR, TENSORBOARD_DIR"
 
 # The value of KEY among the overrides, if the user gave one ("" otherwise).
 override_value() {
@@ -74,20 +91,33 @@ override_value() {
 abspath() { realpath -m -- "$1"; }
 export LTE_DATA_DIR="$(abspath "${LTE_DATA_DIR:-$root/data}")"
 experiment="$(override_value trainer.experiment_name)"
-experiment="${experiment:-$preset}"
+if ((smoke)); then experiment="${experiment:-$preset-smoke}"; else experiment="${experiment:-$preset}"; fi
 extra=()
-[[ -n "$(override_value trainer.default_local_dir)" ]] ||
+# A smoke run keeps its checkpoints in its own folder (recipe.lte.tools.smoke), never in the full run's.
+((smoke)) || [[ -n "$(override_value trainer.default_local_dir)" ]] ||
   extra+=("trainer.default_local_dir=$(abspath "${LTE_CKPT_DIR:-$root/checkpoints}")/lte/$experiment")
 export TENSORBOARD_DIR="$(abspath "${TENSORBOARD_DIR:-$root/tensorboard_log/lte/$experiment}")"
-# Ray actors on other nodes do not see this shell's environment: hand these to every actor (not secrets: the
-# config is logged). The project must be importable there too (shared file system).
-for var in LTE_DATA_DIR TENSORBOARD_DIR; do
-  extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.$var=${!var}")
-done
+
+# wandb is one of the loggers: without credentials, log offline (wandb sync later) instead of failing.
+if [[ -z "${WANDB_MODE:-}" && -z "${WANDB_API_KEY:-}" ]] && ! grep -qs "api.wandb.ai" "$HOME/.netrc"; then
+  export WANDB_MODE=offline
+  ((dry_run)) || echo "run_lte.sh: no wandb credentials (WANDB_API_KEY or wandb login): WANDB_MODE=offline" >&2
+fi
+# Ray actors on other nodes do not see this shell's environment: recipe.lte.main_lte hands LTE_DATA_DIR,
+# TENSORBOARD_DIR, WANDB_MODE and the hub's offline switches to every actor (FORWARDED_ENV); the project must be
+# importable there too (shared file system).
 extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}")
 
 if ((dry_run)); then
   exec "$PY" -m recipe.lte.tools.dry_run --preset "$preset" "${overrides[@]}" "${extra[@]}"
+fi
+if ((preflight)); then
+  exec "$PY" -m recipe.lte.tools.preflight --preset "$preset" "${overrides[@]}" "${extra[@]}"
+fi
+# The full run checks first (seconds) and stops on a failure; the smoke run checks inside (with its settings).
+if ((!smoke && !no_preflight)); then
+  "$PY" -m recipe.lte.tools.preflight --preset "$preset" "${overrides[@]}" "${extra[@]}" ||
+    die "preflight failed (the checklist above says what to fix); --no-preflight skips it"
 fi
 
 # Validate before anything starts (and learn the data files of this run).
@@ -114,11 +144,11 @@ if ((${#missing[@]})); then
   for f in "${missing[@]}"; do [[ -f "$f" ]] || die "data_prep did not produce $f"; done
 fi
 
-# wandb is one of the loggers: without credentials, log offline (wandb sync later) instead of failing.
-if [[ -z "${WANDB_MODE:-}" && -z "${WANDB_API_KEY:-}" ]] && ! grep -qs "api.wandb.ai" "$HOME/.netrc"; then
-  export WANDB_MODE=offline
-  echo "run_lte.sh: no wandb credentials (WANDB_API_KEY or wandb login): WANDB_MODE=offline" >&2
-fi
-
 echo "run_lte.sh: preset=$preset data=$LTE_DATA_DIR tensorboard=$TENSORBOARD_DIR" >&2
+if ((smoke)); then
+  smoke_args=(--preset "$preset")
+  [[ -z "$out" ]] || smoke_args+=(--out "$out")
+  ((!no_preflight)) || smoke_args+=(--no-preflight)
+  exec "$PY" -m recipe.lte.tools.smoke "${smoke_args[@]}" "${overrides[@]}" "${extra[@]}"
+fi
 exec "$PY" -m recipe.lte.main_lte "+preset=$preset" "${overrides[@]}" "${extra[@]}"

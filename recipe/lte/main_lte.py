@@ -7,6 +7,9 @@ starts, then runs verl's V1 PPO loop with LTE's task runner, trainer, rollout st
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import hydra
 import ray
 from omegaconf import DictConfig, open_dict
@@ -20,15 +23,46 @@ from recipe.lte.startup_checks import check_config
 from recipe.lte.trainer import LTETaskRunner
 from verl_ext.loss.ppo_loss import register_lte_policy_loss
 
+# Settings the Ray workers must see as the launching shell has them. Workers on other nodes (a joined cluster:
+# RAY_ADDRESS, multi-node SLURM) start from their own node's environment, so these travel in the job's
+# runtime_env: the logger's mode (without it an offline run's trainer actor calls wandb online and fails), the
+# hub's offline switches, and the paths the config and verl's tensorboard logger read. Settings only, never
+# credentials: verl prints the config and the loggers record it.
+FORWARDED_ENV = (
+    "WANDB_MODE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "LTE_DATA_DIR",
+    "TENSORBOARD_DIR",
+)
+
+
+def forward_env(config: DictConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """Put each ``FORWARDED_ENV`` variable set in ``env`` into ``ray_kwargs.ray_init.runtime_env.env_vars``
+    (a value the config already has wins); return the names added."""
+    env = os.environ if env is None else env
+    added = []
+    with open_dict(config):
+        runtime_env = config.ray_kwargs.ray_init.runtime_env
+        if runtime_env.get("env_vars") is None:
+            runtime_env.env_vars = {}
+        for name in FORWARDED_ENV:
+            if env.get(name) is not None and name not in runtime_env.env_vars:
+                runtime_env.env_vars[name] = env[name]
+                added.append(name)
+    return added
+
 
 def fill_defaults(config: DictConfig) -> DictConfig:
-    """Project defaults that need a value computed at run time (absolute paths)."""
+    """Project defaults that need a value computed at run time (absolute paths, the launching environment)."""
     import verl_ext.reward.math_reward
 
     with open_dict(config):
         if config.reward.custom_reward_function.get("path") is None:
             # verl loads custom rewards by file path inside its reward workers.
             config.reward.custom_reward_function.path = verl_ext.reward.math_reward.__file__
+    forward_env(config)
     return config
 
 

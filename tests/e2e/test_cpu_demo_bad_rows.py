@@ -38,23 +38,21 @@ def _demo(out: Path, tag: str, *args: str) -> tuple[int, str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> dict:
+def planted(tmp_path_factory, demo_build: Path) -> dict:
     from recipe.lte.demo import build_demo
 
     root = tmp_path_factory.mktemp("bad_rows_demo")
-    build = build_demo(root / "build")  # minutes: the demo's warmed-up model
+    build = build_demo(demo_build)  # the session's build (tests/e2e/conftest.py): reused, not rebuilt
     good = pd.read_parquet(build["train_parquet"]).head(40).to_dict(orient="records")
     rows, expected = plant_bad_rows(good, data_source=good[0]["data_source"])
     path = root / "planted_train.parquet"
     pd.DataFrame(rows).to_parquet(path)
-    return {"root": root, "path": path, "expected": expected, "good": good}
+    return {"root": root, "build": demo_build, "path": path, "expected": expected, "good": good}
 
 
 def test_error_stops_at_start_up_naming_the_rows(planted):
     out = planted["root"] / "refuse"
-    rc, text, env = _demo(
-        out, "refuse", "--build", str(planted["root"] / "build"), f"data.train_files={planted['path']}"
-    )
+    rc, text, env = _demo(out, "refuse", "--build", str(planted["build"]), f"data.train_files={planted['path']}")
     assert rc != 0, text
     assert "60 rows, 20 bad rows" in text
     for reason, rows in planted["expected"].items():
@@ -71,7 +69,7 @@ def test_skip_trains_on_the_good_rows_and_says_how_many_it_dropped(planted):
         out,
         "skip",
         "--build",
-        str(planted["root"] / "build"),
+        str(planted["build"]),
         "--steps",
         "1",
         f"data.train_files={planted['path']}",

