@@ -1,0 +1,33 @@
+"""The trainer's watchdog (recipe/lte/watchdog.py) on real Ray actors: a dead actor is reported by name, a busy one
+is not."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from recipe.lte.watchdog import RunFailure, RunWatchdog, WatchdogConfig
+
+
+def test_the_death_of_a_real_ray_actor_is_reported_and_a_busy_one_is_not():
+    import ray
+
+    @ray.remote
+    class Busy:
+        def work(self, seconds: float) -> None:
+            time.sleep(seconds)
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        busy, doomed = Busy.remote(), Busy.options(name="doomed").remote()
+        ray.get([busy.work.remote(0), doomed.work.remote(0)])
+        busy.work.remote(30)  # a sync actor in a long call: its ping waits, and that is not a failure
+        wd = RunWatchdog(WatchdogConfig(), [])
+        wd.watch_actors("FSDP worker", [busy, doomed])
+        wd.check(settle_s=1.0)
+        ray.kill(doomed)
+        with pytest.raises(RunFailure, match=r"^FSDP worker 1 died: .*(killed|ray\.kill)"):
+            wd.check(settle_s=10.0)
+    finally:
+        ray.shutdown()
