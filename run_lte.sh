@@ -10,7 +10,8 @@
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2.
 # Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files are missing),
 # LTE_CKPT_DIR (checkpoints, default ./checkpoints), TENSORBOARD_DIR, WANDB_* (no wandb login: offline mode),
-# RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it).
+# RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it), LTE_STOP_FILE (once it exists, the
+# run saves and stops at its next step boundary; the same command resumes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
@@ -81,8 +82,8 @@ extra=()
 export TENSORBOARD_DIR="$(abspath "${TENSORBOARD_DIR:-$root/tensorboard_log/lte/$experiment}")"
 # Ray actors on other nodes do not see this shell's environment: hand these to every actor (not secrets: the
 # config is logged). The project must be importable there too (shared file system).
-for var in LTE_DATA_DIR TENSORBOARD_DIR; do
-  extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.$var=${!var}")
+for var in LTE_DATA_DIR TENSORBOARD_DIR LTE_STOP_FILE; do
+  if [[ -n "${!var:-}" ]]; then extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.$var=${!var}"); fi
 done
 extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}")
 
