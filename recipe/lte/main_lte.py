@@ -7,6 +7,7 @@ starts, then runs verl's V1 PPO loop with LTE's task runner, trainer, rollout st
 
 from __future__ import annotations
 
+import os
 import signal
 
 import hydra
@@ -45,6 +46,8 @@ def prepare_config(config: DictConfig) -> DictConfig:
 
 
 def _stop_like_ctrl_c(signum: int, frame) -> None:
+    # os.write: a print could re-enter stdout's buffer if the signal came in the middle of one.
+    os.write(2, f"[LTE] {signal.Signals(signum).name} received: stopping the run as Ctrl-C does\n".encode())
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 

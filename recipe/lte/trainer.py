@@ -136,7 +136,7 @@ class LTETrainer(PPOTrainerSync):
     # ---- the watchdog -------------------------------------------------------------------------------------
 
     def _build_watchdog(self) -> RunWatchdog:
-        """Every rollout replica (its /health and server actors), the FSDP workers and the reward-loop workers."""
+        """Every rollout replica (its /health and server actors), the FSDP, reward-loop workers and load balancer."""
         manager = self.llm_server_manager
         replicas = []
         for replica, address in zip(manager.get_replicas(), manager.get_addresses(), strict=True):
@@ -146,6 +146,7 @@ class LTETrainer(PPOTrainerSync):
         watchdog = RunWatchdog(self.watchdog_cfg, replicas, load_balancer=manager.global_load_balancer)
         watchdog.watch_actors("FSDP worker", list(self.actor_rollout_wg.workers))
         watchdog.watch_actors("reward-loop worker", list(self.reward_loop_manager.reward_loop_worker_handles or []))
+        watchdog.watch_actors("the rollout load balancer", [manager.global_load_balancer])
         for replica in replicas:
             for name, handle in replica.servers:
                 watchdog.watch_actors(f"the server actor {name} of rollout replica {replica.rank}", [handle])

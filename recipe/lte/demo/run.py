@@ -61,7 +61,8 @@ def _on_stop_signal(signum: int, frame) -> None:
 
 
 def _while_stopping(signum: int, frame) -> None:
-    print(f"[demo] {signal.Signals(signum).name} received: already stopping the run", flush=True)
+    # os.write: a print could re-enter stdout's buffer if the signal came in the middle of one.
+    os.write(1, f"[demo] {signal.Signals(signum).name} received: already stopping the run\n".encode())
 
 
 def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[str]:
