@@ -115,16 +115,15 @@ class LTETrainer(PPOTrainerSync):
 
     def _stop_requested(self) -> bool:
         """A graceful stop (``touch $LTE_STOP_FILE``; the SLURM launcher does it before the time limit): save this
-        step unless verl just did, then end the training loop after it. The file is removed, so a rerun of the
-        same command resumes from this step and trains on."""
+        step unless verl just did, then end the training loop after it. The file is removed (the sign, for the
+        launcher, that the run stopped early), so a rerun of the same command resumes from this step."""
         path = os.environ.get(STOP_FILE_ENV)
-        if not path or not os.path.exists(path):
-            return False
         step, save_freq = self.global_steps, self.config.trainer.save_freq
-        last = step >= self.total_training_steps
-        if not last and not (save_freq > 0 and step % save_freq == 0):
+        if not path or not os.path.exists(path) or step >= self.total_training_steps:
+            return False  # at the last step the run ends anyway; the file stays: the launcher sees nothing to resume
+        if not (save_freq > 0 and step % save_freq == 0):
             self._save_checkpoint()
-        os.remove(path)
+        os.remove(path)  # taken: the launcher requeues the job; a rerun must not stop again at once
         print(
             f"[LTE stop] {STOP_FILE_ENV}={path} found: stopping after step {step} with its checkpoint saved; "
             "the same command resumes from it",

@@ -190,8 +190,11 @@ signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], "w").write("SIGTERM"
 open(sys.argv[1], "w").write("started")
 while not os.path.exists(os.environ["LTE_STOP_FILE"]):
     time.sleep(0.05)
-os.remove(os.environ["LTE_STOP_FILE"])
-open(sys.argv[1], "w").write("stopped at a step boundary")
+if os.environ.get("FAKE_LAST_STEP"):  # training ends by itself: the trainer leaves the stop file
+    open(sys.argv[1], "w").write("finished training")
+else:
+    os.remove(os.environ["LTE_STOP_FILE"])
+    open(sys.argv[1], "w").write("stopped at a step boundary")
 """
 
 LAUNCHER = """
@@ -204,7 +207,7 @@ sys.exit(execute(Cluster(nodes=["localhost"], gpus_per_node=1), steps))
 """
 
 
-def _launch(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, Path]:
+def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path, Path, Path]:
     """The launcher with a fake trainer, a fake `scontrol` on PATH (no SLURM here) and a stop file."""
     bin_dir, record, calls = tmp_path / "bin", tmp_path / "trainer.txt", tmp_path / "scontrol.txt"
     bin_dir.mkdir()
@@ -218,6 +221,7 @@ def _launch(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, Path]:
         "LTE_STOP_FILE": str(stop),
         "SLURM_JOB_ID": "4242",
         "PYTHONPATH": str(REPO),
+        **extra_env,
     }
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, "localhost", str(tmp_path / "fake_trainer.py"), str(record)],
@@ -241,6 +245,15 @@ def test_usr1_before_the_time_limit_stops_at_a_step_boundary_then_requeues(tmp_p
     assert record.read_text() == "stopped at a step boundary" and not stop.exists()
     assert calls.read_text().split() == ["requeue", "4242"], out
     assert "the time limit is near" in out and "requeueing job 4242" in out
+
+
+def test_no_requeue_when_training_ended_by_itself_before_the_stop(tmp_path):
+    proc, record, calls, stop = _launch(tmp_path, FAKE_LAST_STEP="1")
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert record.read_text() == "finished training"
+    assert not calls.exists() and not stop.exists()  # nothing to resume; the stale stop file is gone
 
 
 def test_sigterm_stops_the_train_step_and_the_nodes_without_requeue(tmp_path):

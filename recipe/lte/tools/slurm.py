@@ -264,8 +264,8 @@ def execute(cluster: Cluster, steps: list[Step], env: Mapping[str, str] | None =
 
     Signals (the sbatch script ``exec``s this launcher, so SLURM's signals for the batch shell arrive here):
     - SIGUSR1, sent ``--signal=B:USR1@SECONDS`` before the time limit: create ``LTE_STOP_FILE``; the trainer saves
-      at the end of its current step and stops; then the job is requeued (``scontrol requeue``) and the same command
-      resumes from that checkpoint;
+      at the end of its current step, removes the file and stops; then the job is requeued (``scontrol requeue``)
+      and the same command resumes from that checkpoint (not when training ended by itself meanwhile);
     - SIGTERM, SIGHUP, SIGINT (``scancel``, the time limit itself): SIGTERM to the running step (srun hands it to
       run_lte.sh's trainer, which shuts its Ray driver down), then the Ray nodes are stopped.
     """
@@ -322,7 +322,11 @@ def execute(cluster: Cluster, steps: list[Step], env: Mapping[str, str] | None =
             proc.terminate()
         for proc in background:
             _stop(proc, grace_s=60)
-        if state["stop_requested"] and rc == 0 and job_id and shutil.which("scontrol"):
+        # The trainer removes the stop file when it stops early; if it is still there, training ended by itself.
+        stopped_early = state["stop_requested"] and rc == 0 and bool(stop_file) and not os.path.exists(stop_file)
+        if stop_file and os.path.exists(stop_file):
+            os.remove(stop_file)
+        if stopped_early and job_id and shutil.which("scontrol"):
             print(f"[slurm] requeueing job {job_id}: it resumes from the checkpoint just saved", flush=True)
             subprocess.run(["scontrol", "requeue", job_id])
         for sig, handler in previous.items():
