@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipe.lte import core
 from recipe.lte.agent_loop import LTEAgentLoopManager
-from recipe.lte.watchdog import WatchdogConfig
+from recipe.lte.process_watchdog import WatchdogConfig
 from verl_ext.loss.config import LTELossConfig, check_loss_config
 
 

@@ -25,8 +25,8 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.data_check import dropped_metrics
+from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, stall_bound_s
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config, watchdog_config
-from recipe.lte.watchdog import Replica, RunFailure, RunWatchdog, stall_bound_s
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ def format_step_line(step: int, m: dict) -> str:
 
 
 class LTETrainer(PPOTrainerSync):
-    """``PPOTrainerSync`` + LTE's loss in the actor workers + LTE's per-step metrics + the run watchdog
-    (``recipe/lte/watchdog.py``: the waits on rollout and weight sync end when a process they depend on dies)."""
+    """``PPOTrainerSync`` + LTE's loss in the actor workers + LTE's per-step metrics + the process watchdog
+    (``recipe/lte/process_watchdog.py``: the waits on rollout and weight sync end when a process they depend on
+    dies) + a stop at a step boundary (``LTE_STOP_FILE``)."""
 
     def __init__(self, config: DictConfig):
         check_config(config)
@@ -85,7 +86,7 @@ class LTETrainer(PPOTrainerSync):
         # Rows the start-up data check dropped (lte.data.on_bad_rows=skip), logged with every step.
         self._data_metrics = dropped_metrics(config.trainer.default_local_dir)
         self.watchdog_cfg = watchdog_config(config)
-        self.watchdog: RunWatchdog | None = None
+        self.watchdog: ProcessWatchdog | None = None
 
     def on_init_end(self):
         if self.watchdog_cfg.enable:
@@ -134,7 +135,7 @@ class LTETrainer(PPOTrainerSync):
 
     # ---- the watchdog -------------------------------------------------------------------------------------
 
-    def _build_watchdog(self) -> RunWatchdog:
+    def _build_watchdog(self) -> ProcessWatchdog:
         """Every rollout replica (its /health and server actors), the FSDP, reward-loop workers and load balancer."""
         manager = self.llm_server_manager
         replicas = []
@@ -142,7 +143,7 @@ class LTETrainer(PPOTrainerSync):
             prefix = replica._get_server_name_prefix() if hasattr(replica, "_get_server_name_prefix") else ""
             names = [f"{prefix}server_{replica.replica_rank}_{node}" for node in range(len(replica.servers))]
             replicas.append(Replica(replica.replica_rank, address, list(zip(names, replica.servers, strict=True))))
-        watchdog = RunWatchdog(self.watchdog_cfg, replicas, load_balancer=manager.global_load_balancer)
+        watchdog = ProcessWatchdog(self.watchdog_cfg, replicas, load_balancer=manager.global_load_balancer)
         watchdog.watch_actors("FSDP worker", list(self.actor_rollout_wg.workers))
         watchdog.watch_actors("reward-loop worker", list(self.reward_loop_manager.reward_loop_worker_handles or []))
         watchdog.watch_actors("the rollout load balancer", [manager.global_load_balancer])

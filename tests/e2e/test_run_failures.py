@@ -12,7 +12,7 @@ One run folder, one chain of three runs (a checkpoint every step), each resuming
 
 Not here (each would cost a run): a killed reward worker (the bounded pool replaces it:
 tests/integration/test_bounded_pool.py), a killed FSDP worker (the watchdog's ping of a dead Ray actor:
-tests/integration/test_watchdog_ray.py), SIGHUP (the same handler as SIGTERM: tests/unit/test_stop_signals.py).
+tests/integration/test_process_watchdog_ray.py), SIGHUP (the same handler as SIGTERM: tests/unit/test_stop_signals.py).
 """
 
 from __future__ import annotations

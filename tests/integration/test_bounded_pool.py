@@ -1,5 +1,6 @@
-"""verl_ext/reward/bounded_pool.py: a worker process killed from outside is replaced, and the call it was serving (or the
-next one) still gets its answer; a worker past its deadline is killed; errors inside the function are reported."""
+"""verl_ext/reward/bounded_pool.py: a worker process killed from outside is replaced, and the call it was serving
+(or the next one) still gets its answer; a worker past its deadline is killed; errors inside the function are
+reported."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The trainer's watchdog (recipe/lte/watchdog.py) on real Ray actors: a dead actor is reported by name, a busy one
-is not."""
+"""The trainer's watchdog (recipe/lte/process_watchdog.py) on real Ray actors: a dead actor is reported by name, a
+busy one is not."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recipe.lte.watchdog import RunFailure, RunWatchdog, WatchdogConfig
+from recipe.lte.process_watchdog import ProcessWatchdog, RunFailure, WatchdogConfig
 
 
 def test_the_death_of_a_real_ray_actor_is_reported_and_a_busy_one_is_not():
@@ -23,7 +23,7 @@ def test_the_death_of_a_real_ray_actor_is_reported_and_a_busy_one_is_not():
         busy, doomed = Busy.remote(), Busy.options(name="doomed").remote()
         ray.get([busy.work.remote(0), doomed.work.remote(0)])
         busy.work.remote(30)  # a sync actor in a long call: its ping waits, and that is not a failure
-        wd = RunWatchdog(WatchdogConfig(), [])
+        wd = ProcessWatchdog(WatchdogConfig(), [])
         wd.watch_actors("FSDP worker", [busy, doomed])
         wd.check(settle_s=1.0)
         ray.kill(doomed)

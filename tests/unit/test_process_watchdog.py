@@ -1,6 +1,7 @@
-"""The trainer's watchdog (recipe/lte/watchdog.py): its config, the stall bound, vLLM's /health over real HTTP,
-and the decisions on replicas and waits. The death of real Ray actors: tests/integration/test_watchdog_ray.py; the
-whole path through verl's trainer and vLLM: tests/e2e/test_run_failures.py."""
+"""The trainer's watchdog (recipe/lte/process_watchdog.py): its config, the stall bound, vLLM's /health over real
+HTTP, and the decisions on replicas and waits. The death of real Ray actors:
+tests/integration/test_process_watchdog_ray.py; the whole path through verl's trainer and vLLM:
+tests/e2e/test_run_failures.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from recipe.lte.watchdog import Replica, RunFailure, RunWatchdog, WatchdogConfig, http_health, stall_bound_s
+from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, WatchdogConfig, http_health, stall_bound_s
 
 
 def test_config_defaults_and_refusals():
@@ -74,10 +75,10 @@ class _Clock:
         return self.now
 
 
-def _watchdog(answers: dict[str, tuple], clock=None, **cfg) -> RunWatchdog:
+def _watchdog(answers: dict[str, tuple], clock=None, **cfg) -> ProcessWatchdog:
     cfg = WatchdogConfig(**{"check_interval_s": 10, "unreachable_after_s": 30, **cfg})
     replicas = [Replica(0, "10.0.0.1:8000", [("vllm_server_0_0", None)]), Replica(1, "10.0.0.2:8000", [])]
-    return RunWatchdog(cfg, replicas, clock=clock or _Clock(), health=lambda address, timeout: answers[address])
+    return ProcessWatchdog(cfg, replicas, clock=clock or _Clock(), health=lambda address, timeout: answers[address])
 
 
 def test_a_dead_engine_ends_the_step_at_once_naming_the_replica():
@@ -104,7 +105,7 @@ def test_an_unreachable_replica_ends_the_step_after_the_bound_only():
         wd.check()
 
 
-def _fast(answers=None, **cfg) -> RunWatchdog:
+def _fast(answers=None, **cfg) -> ProcessWatchdog:
     healthy = answers or {"10.0.0.1:8000": (200, ""), "10.0.0.2:8000": (200, "")}
     return _watchdog(healthy, clock=time.monotonic, check_interval_s=0.05, unreachable_after_s=1, **cfg)
 
