@@ -116,6 +116,21 @@ def http_health(address: str, timeout_s: float) -> tuple[int | None, str]:
         return None, f"{type(reason).__name__}: {reason}"
 
 
+def actor_names(handles: list, default: str, timeout_s: float = 60.0) -> list[str]:
+    """The Ray names of live actors (e.g. verl's ``vllm_server_0_0``), asked of each actor itself; ``default`` with
+    its index formatted in (``"server_0_{}"``) for one that has no name or does not answer."""
+    import ray
+
+    def own_name(actor) -> str:
+        return ray.get_runtime_context().get_actor_name() or ""
+
+    try:
+        names = ray.get([h.__ray_call__.remote(own_name) for h in handles], timeout=timeout_s)
+    except (ray.exceptions.RayError, TimeoutError):  # a name only makes messages clearer: never fail the run for it
+        names = [""] * len(handles)
+    return [name or default.format(i) for i, name in enumerate(names)]
+
+
 def _death_cause(error: BaseException) -> str:
     """Ray's account of an actor's death, on one line and short."""
     text = " ".join(str(error).split())

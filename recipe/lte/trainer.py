@@ -25,7 +25,7 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.data_check import dropped_metrics
-from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, stall_bound_s
+from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, actor_names, stall_bound_s
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config, watchdog_config
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
 
@@ -140,8 +140,7 @@ class LTETrainer(PPOTrainerSync):
         manager = self.llm_server_manager
         replicas = []
         for replica, address in zip(manager.get_replicas(), manager.get_addresses(), strict=True):
-            prefix = replica._get_server_name_prefix() if hasattr(replica, "_get_server_name_prefix") else ""
-            names = [f"{prefix}server_{replica.replica_rank}_{node}" for node in range(len(replica.servers))]
+            names = actor_names(replica.servers, default=f"server_{replica.replica_rank}_{{}}")
             replicas.append(Replica(replica.replica_rank, address, list(zip(names, replica.servers, strict=True))))
         watchdog = ProcessWatchdog(self.watchdog_cfg, replicas, load_balancer=manager.global_load_balancer)
         watchdog.watch_actors("FSDP worker", list(self.actor_rollout_wg.workers))
