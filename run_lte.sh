@@ -13,7 +13,8 @@
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2. --no-preflight
 # skips the checklist. Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files
 # are missing), LTE_CKPT_DIR (checkpoints, default ./checkpoints), TENSORBOARD_DIR, WANDB_* (no wandb login:
-# offline mode), RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it).
+# offline mode), RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it), LTE_STOP_FILE
+# (once it exists, the run saves and stops at its next step boundary; the same command resumes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
@@ -104,7 +105,7 @@ if [[ -z "${WANDB_MODE:-}" && -z "${WANDB_API_KEY:-}" ]] && ! grep -qs "api.wand
   ((dry_run)) || echo "run_lte.sh: no wandb credentials (WANDB_API_KEY or wandb login): WANDB_MODE=offline" >&2
 fi
 # Ray actors on other nodes do not see this shell's environment: recipe.lte.main_lte hands LTE_DATA_DIR,
-# TENSORBOARD_DIR, WANDB_MODE and the hub's offline switches to every actor (FORWARDED_ENV); the project must be
+# TENSORBOARD_DIR, LTE_STOP_FILE, WANDB_MODE and the hub's offline switches to every actor (FORWARDED_ENV); the project must be
 # importable there too (shared file system).
 extra+=("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}")
 

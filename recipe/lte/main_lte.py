@@ -8,6 +8,7 @@ starts, then runs verl's V1 PPO loop with LTE's task runner, trainer, rollout st
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 
 import hydra
@@ -35,6 +36,7 @@ FORWARDED_ENV = (
     "HF_DATASETS_OFFLINE",
     "LTE_DATA_DIR",
     "TENSORBOARD_DIR",
+    "LTE_STOP_FILE",  # the watchdog reads it in the trainer actor (docs/robustness.md)
 )
 
 
@@ -76,11 +78,43 @@ def prepare_config(config: DictConfig) -> DictConfig:
     return config
 
 
+def _stop_like_ctrl_c(signum: int, frame) -> None:
+    # os.write: a print could re-enter stdout's buffer if the signal came in the middle of one.
+    os.write(2, f"[LTE] {signal.Signals(signum).name} received: stopping the run as Ctrl-C does\n".encode())
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM (``kill``, ``timeout``, a supervisor, a container stop) and SIGHUP (the terminal closed) end the
+    run as Ctrl-C does: Ray's driver shuts its cluster down. Without this, SIGHUP kills the driver outright and
+    Ray's agents outlive it (Ray 2.60); Ray's own SIGTERM handler aborts the driver (see ``_AfterRayInit``)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_like_ctrl_c)
+
+
+class _AfterRayInit:
+    """``ray.remote(LTETaskRunner)`` for verl's ``run_ppo``, which creates the task runner right after its
+    ``ray.init``: the moment to take SIGTERM back. Upstream workaround (Ray 2.60): ``ray.init`` installs a crash
+    handler for SIGTERM in the driver that aborts it (exit -6), so Ray's processes are left to die by themselves.
+    Delete when run_ppo lets a caller act after ray.init, or Ray's driver shuts down on SIGTERM."""
+
+    def __init__(self, actor_cls):
+        self._actor_cls = actor_cls
+
+    def options(self, **kwargs) -> _AfterRayInit:
+        return _AfterRayInit(self._actor_cls.options(**kwargs))
+
+    def remote(self, *args, **kwargs):
+        install_stop_handlers()
+        return self._actor_cls.remote(*args, **kwargs)
+
+
 @hydra.main(config_path="config", config_name="lte_trainer", version_base=None)
 def main(config: DictConfig) -> None:
+    install_stop_handlers()
     prepare_config(config)
     check_run_data(config)  # before Ray: bad rows are refused (or dropped) here, not paid for in rollouts
-    run_ppo(config, task_runner_class=ray.remote(LTETaskRunner))
+    run_ppo(config, task_runner_class=_AfterRayInit(ray.remote(LTETaskRunner)))
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipe.lte import core
 from recipe.lte.agent_loop import LTEAgentLoopManager
+from recipe.lte.process_watchdog import WatchdogConfig
 from verl_ext.loss.config import LTELossConfig, check_loss_config
 
 # verl trainer modes LTE runs under: the sync trainer (the paper's). colocate_async (partial rollout) would cut
@@ -26,11 +27,21 @@ def lte_loss_config(config: DictConfig) -> LTELossConfig:
     return LTELossConfig.from_config(OmegaConf.select(config, "lte.loss", default=None))
 
 
+def watchdog_config(config: DictConfig) -> WatchdogConfig:
+    """``WatchdogConfig`` from the ``watchdog:`` block (validated)."""
+    block = config.get("watchdog", None)
+    return WatchdogConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
 def check_config(config: DictConfig) -> None:
     """Refuse configurations LTE cannot honour. Each error names the key and the fix."""
     lte = lte_config(config)
     rollout = config.actor_rollout_ref.rollout
     errors: list[str] = []
+    try:
+        watchdog_config(config)
+    except ValueError as e:
+        errors.append(str(e))
     try:  # the loss's own refusals: loss mode, behaviour log-probs, rollout correction
         check_loss_config(OmegaConf.select(config, "lte.loss"), config.actor_rollout_ref, config.algorithm)
     except ValueError as e:

@@ -9,25 +9,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 
 import numpy as np
+import ray
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.data_check import dropped_metrics
-from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
+from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, actor_names, stall_bound_s
+from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config, watchdog_config
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+# A file whose existence asks the run to stop at the next step boundary after saving (docs/robustness.md).
+STOP_FILE_ENV = "LTE_STOP_FILE"
+
+
+def rollout_progress(partition_id: str) -> tuple[int, int]:
+    """(trajectories written, groups finished or failed) in a TransferQueue partition: grows while rollout runs."""
+    items = (tq.kv_list(partition_id=partition_id) or {}).get(partition_id, {})
+    trajectories = sum(1 for tag in items.values() if not tag.get("is_prompt", False))
+    terminal = sum(1 for tag in items.values() if tag.get("is_prompt", False) and tag.get("status") != "running")
+    return trajectories, terminal
 
 
 def _is_number(v) -> bool:
@@ -62,7 +77,8 @@ def format_step_line(step: int, m: dict) -> str:
 
 class LTETrainer(PPOTrainerSync):
     """``PPOTrainerSync`` + LTE's loss in the actor workers + LTE's per-step metrics + the replay buffer's poll
-    interval."""
+    interval + the process watchdog (``recipe/lte/process_watchdog.py``: the waits on rollout and weight sync end
+    when a process they depend on dies) + a stop at a step boundary (``LTE_STOP_FILE``)."""
 
     def __init__(self, config: DictConfig):
         check_config(config)
@@ -70,6 +86,8 @@ class LTETrainer(PPOTrainerSync):
         self.lte = lte_config(config)
         # Rows the start-up data check dropped (lte.data.on_bad_rows=skip), logged with every step.
         self._data_metrics = dropped_metrics(config.trainer.default_local_dir)
+        self.watchdog_cfg = watchdog_config(config)
+        self.watchdog: ProcessWatchdog | None = None
 
     def _build_replay_buffer(self):
         # verl 0.9.1 polls for finished groups every 2 s and offers no key for it: a step's generation time is
@@ -83,12 +101,123 @@ class LTETrainer(PPOTrainerSync):
         return buffer
 
     def on_init_end(self):
-        super().on_init_end()
+        if self.watchdog_cfg.enable:
+            self.watchdog = self._build_watchdog()
+        with self._failure_reported():
+            self._watched(super().on_init_end, "the first weight sync to the rollout replicas")
         # verl installs partial(ppo_loss, config=<ActorConfig>) per worker; ours routes hinted rows through the
         # off-policy term (the flag reaches the loss as a per-row field of the micro-batch).
         loss_fn = make_lte_loss_fn(self.config.actor_rollout_ref.actor, lte_loss_config(self.config))
         self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info(f"LTE mode={self.lte.mode}: mixed-policy loss installed in the actor workers")
+
+    def fit(self, agent_loop_manager):
+        if self.watchdog is not None:
+            self.watchdog.watch_actors("agent-loop worker", list(agent_loop_manager.agent_loop_workers))
+            self.replay_buffer.sample = self._watched_sample(self.replay_buffer.sample)
+        with self._failure_reported():
+            return super().fit(agent_loop_manager)
+
+    def on_sample_end(self):
+        self._watched(super().on_sample_end, "putting the rollout replicas to sleep")
+
+    def on_step_end(self):
+        if self._stop_requested():
+            return  # no weight sync: no rollout follows
+        self._watched(super().on_step_end, "the weight sync to the rollout replicas")
+
+    def _stop_requested(self) -> bool:
+        """A graceful stop (``touch $LTE_STOP_FILE``; the SLURM launcher does it before the time limit): save this
+        step unless verl just did, then end the training loop after it. The file is removed (the sign, for the
+        launcher, that the run stopped early), so a rerun of the same command resumes from this step."""
+        path = os.environ.get(STOP_FILE_ENV)
+        step, save_freq = self.global_steps, self.config.trainer.save_freq
+        if not path or not os.path.exists(path) or step >= self.total_training_steps:
+            return False  # at the last step the run ends anyway; the file stays: the launcher sees nothing to resume
+        if not (save_freq > 0 and step % save_freq == 0):
+            self._save_checkpoint()
+        os.remove(path)  # taken: the launcher requeues the job; a rerun must not stop again at once
+        print(
+            f"[LTE stop] {STOP_FILE_ENV}={path} found: stopping after step {step} with its checkpoint saved; "
+            "the same command resumes from it",
+            flush=True,
+        )
+        self.total_training_steps = step  # verl's loop ends after this step's metrics are logged
+        return True
+
+    # ---- the watchdog -------------------------------------------------------------------------------------
+
+    def _build_watchdog(self) -> ProcessWatchdog:
+        """Every rollout replica (its /health and server actors), the FSDP, reward-loop workers and load balancer."""
+        manager = self.llm_server_manager
+        replicas = []
+        for replica, address in zip(manager.get_replicas(), manager.get_addresses(), strict=True):
+            names = actor_names(replica.servers, default=f"server_{replica.replica_rank}_{{}}")
+            replicas.append(Replica(replica.replica_rank, address, list(zip(names, replica.servers, strict=True))))
+        watchdog = ProcessWatchdog(self.watchdog_cfg, replicas, load_balancer=manager.global_load_balancer)
+        watchdog.watch_actors("FSDP worker", list(self.actor_rollout_wg.workers))
+        watchdog.watch_actors("reward-loop worker", list(self.reward_loop_manager.reward_loop_worker_handles or []))
+        watchdog.watch_actors("the rollout load balancer", [manager.global_load_balancer])
+        for replica in replicas:
+            for name, handle in replica.servers:
+                watchdog.watch_actors(f"the server actor {name} of rollout replica {replica.rank}", [handle])
+        logger.info(
+            f"watchdog: {len(replicas)} rollout replicas, checks every {self.watchdog_cfg.check_interval_s:g} s, "
+            f"rollout stall bound {self._stall_bound():.0f} s"
+        )
+        return watchdog
+
+    @contextlib.contextmanager
+    def _failure_reported(self):
+        """A failure of a process the step depends on, said plainly on the console before it ends the run (the
+        traceback follows). A call on a dead actor outside the watched waits raises Ray's error, which names a
+        class and an id: the watchdog's pings say which of the run's processes it was."""
+        try:
+            yield
+        except RunFailure as e:
+            self._report(e)
+            raise
+        except ray.exceptions.RayActorError as e:
+            if self.watchdog is not None:
+                try:
+                    self.watchdog.check(settle_s=10.0)
+                except RunFailure as failure:
+                    self._report(failure)
+                    raise failure from e
+            raise
+
+    def _report(self, failure: RunFailure) -> None:
+        checkpoint = find_latest_ckpt_path(self.config.trainer.default_local_dir)  # what the rerun resumes from
+        print(f"[LTE watchdog] {failure}", flush=True)
+        print(
+            "[LTE watchdog] ending the run; the same command resumes from "
+            + (f"the last checkpoint, {checkpoint}" if checkpoint else "the start (no checkpoint yet)"),
+            flush=True,
+        )
+
+    def _stall_bound(self) -> float:
+        return stall_bound_s(self.watchdog_cfg, self.config.actor_rollout_ref.rollout.response_length, self.lte.mode)
+
+    def _watched(self, fn, what: str):
+        """``fn()`` under the watchdog (bounded by watchdog.stall_floor_s), or plainly when it is off."""
+        if self.watchdog is None:
+            return fn()
+        return self.watchdog.wait(fn, what, self.watchdog_cfg.stall_floor_s)
+
+    def _watched_sample(self, sample):
+        """verl's ``ReplayBuffer.sample`` under the watchdog: it must see rollout progress within the stall bound."""
+
+        def watched(*args, **kwargs):
+            partition_id = kwargs.get("partition_id", args[1] if len(args) > 1 else "train")
+            return self.watchdog.wait(
+                lambda: sample(*args, **kwargs),
+                f"the rollout (step {self.global_steps}, partition {partition_id})",
+                self._stall_bound(),
+                progress=lambda: rollout_progress(partition_id),
+                bound_key="watchdog.stall_floor_s / watchdog.stall_s_per_token",
+            )
+
+        return watched
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics = self._lte_metrics(batch)

@@ -4,7 +4,9 @@ host lists, knobs and their errors, the plan's commands, the sbatch script's dry
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -178,3 +180,88 @@ def test_execute_stops_background_steps_and_returns_the_failing_status(tmp_path)
     assert time.monotonic() - t0 < 30  # the background "node" was stopped, not waited for
     assert not marker.exists()
     assert execute(cluster, [Step("ok", ["touch", str(marker)])]) == 0 and marker.exists()
+
+
+# The trainer's side of a graceful stop (stop file -> save -> end of the loop) runs in tests/test_run_failures_e2e.py;
+# here a small script stands in for the train step: it waits for LTE_STOP_FILE (or a SIGTERM) and says which came.
+FAKE_TRAINER = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], "w").write("SIGTERM"), sys.exit(143)))
+open(sys.argv[1], "w").write("started")
+while not os.path.exists(os.environ["LTE_STOP_FILE"]):
+    time.sleep(0.05)
+if os.environ.get("FAKE_LAST_STEP"):  # training ends by itself: the trainer leaves the stop file
+    open(sys.argv[1], "w").write("finished training")
+else:
+    os.remove(os.environ["LTE_STOP_FILE"])
+    open(sys.argv[1], "w").write("stopped at a step boundary")
+"""
+
+LAUNCHER = """
+import sys
+from recipe.lte.tools.slurm import Cluster, Step, execute
+node, fake_trainer, record = sys.argv[1:]
+steps = [Step("ray-node", [sys.executable, "-c", "import time; time.sleep(120)"], background=True),
+         Step("train", [sys.executable, fake_trainer, record])]
+sys.exit(execute(Cluster(nodes=["localhost"], gpus_per_node=1), steps))
+"""
+
+
+def _launch(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path, Path, Path]:
+    """The launcher with a fake trainer, a fake `scontrol` on PATH (no SLURM here) and a stop file."""
+    bin_dir, record, calls = tmp_path / "bin", tmp_path / "trainer.txt", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    (tmp_path / "fake_trainer.py").write_text(FAKE_TRAINER)
+    stop = tmp_path / "stop" / "file"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LTE_STOP_FILE": str(stop),
+        "SLURM_JOB_ID": "4242",
+        "PYTHONPATH": str(REPO),
+        **extra_env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, "localhost", str(tmp_path / "fake_trainer.py"), str(record)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (record.exists() and record.read_text() == "started"):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    return proc, record, calls, stop
+
+
+def test_usr1_before_the_time_limit_stops_at_a_step_boundary_then_requeues(tmp_path):
+    proc, record, calls, stop = _launch(tmp_path)
+    proc.send_signal(signal.SIGUSR1)  # what sbatch --signal=B:USR1@SECONDS sends to the batch shell
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert record.read_text() == "stopped at a step boundary" and not stop.exists()
+    assert calls.read_text().split() == ["requeue", "4242"], out
+    assert "the time limit is near" in out and "requeueing job 4242" in out
+
+
+def test_no_requeue_when_training_ended_by_itself_before_the_stop(tmp_path):
+    proc, record, calls, stop = _launch(tmp_path, FAKE_LAST_STEP="1")
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert record.read_text() == "finished training"
+    assert not calls.exists() and not stop.exists()  # nothing to resume; the stale stop file is gone
+
+
+def test_sigterm_stops_the_train_step_and_the_nodes_without_requeue(tmp_path):
+    proc, record, calls, _ = _launch(tmp_path)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # scancel, or the time limit itself
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert record.read_text() == "SIGTERM"  # handed to the train step
+    assert not calls.exists()  # no requeue: the job was cancelled
+    assert time.monotonic() - t0 < 30  # the background "node" was stopped, not waited for

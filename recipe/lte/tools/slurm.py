@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -252,9 +253,45 @@ def wait_ray(address: str, gpus: int, timeout_s: float) -> None:
         ray.shutdown()
 
 
-def execute(cluster: Cluster, steps: list[Step]) -> int:
-    """Run ``steps``: Ray nodes in the background, the rest in order; stop the Ray nodes at the end."""
+class _Terminated(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def execute(cluster: Cluster, steps: list[Step], env: Mapping[str, str] | None = None) -> int:
+    """Run ``steps``: Ray nodes in the background, the rest in order; stop the Ray nodes at the end.
+
+    Signals (the sbatch script ``exec``s this launcher, so SLURM's signals for the batch shell arrive here):
+    - SIGUSR1, sent ``--signal=B:USR1@SECONDS`` before the time limit: create ``LTE_STOP_FILE``; the trainer saves
+      at the end of its current step, removes the file and stops; then the job is requeued (``scontrol requeue``)
+      and the same command resumes from that checkpoint (not when training ended by itself meanwhile);
+    - SIGTERM, SIGHUP, SIGINT (``scancel``, the time limit itself): SIGTERM to the running step (srun hands it to
+      run_lte.sh's trainer, which shuts its Ray driver down), then the Ray nodes are stopped.
+    """
+    env = os.environ if env is None else env
+    stop_file, job_id = env.get("LTE_STOP_FILE"), env.get("SLURM_JOB_ID")
+    state = {"stop_requested": False}
+
+    def request_stop(signum, frame):
+        state["stop_requested"] = True
+        if stop_file:
+            Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(stop_file).touch()
+        where = f"LTE_STOP_FILE={stop_file}" if stop_file else "LTE_STOP_FILE is not set: it cannot be asked"
+        name = signal.Signals(signum).name
+        print(f"[slurm] {name}: the time limit is near; the trainer stops after its current step ({where})", flush=True)
+
+    def terminate(signum, frame):
+        raise _Terminated(signum)
+
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, request_stop)
+    if stop_file and os.path.exists(stop_file):
+        os.remove(stop_file)  # left by an earlier attempt: it would stop this one after its first step
     background: list[subprocess.Popen] = []
+    current: subprocess.Popen | None = None
+    rc = 0
     try:
         for step in steps:
             print(f"[slurm] {step.name}: {step.shell()}", flush=True)
@@ -263,19 +300,48 @@ def execute(cluster: Cluster, steps: list[Step]) -> int:
                 if step.name == "ray-head":
                     wait_for_port(cluster.head_ip or cluster.head, cluster.ray_port, 120)
                 continue
-            rc = subprocess.run(step.argv).returncode
+            current = subprocess.Popen(step.argv)
+            rc = current.wait()
+            current = None
             if rc != 0:
                 print(f"[slurm] {step.name} failed with exit status {rc}", file=sys.stderr)
                 return rc
         return 0
+    except _Terminated as t:
+        print(f"[slurm] {t} received: stopping the job's steps", file=sys.stderr, flush=True)
+        for sig in previous:  # nothing interrupts the cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        if current is not None:
+            _stop(current, grace_s=120)  # the trainer's Ray driver shuts down; a checkpoint write may finish
+        rc = 128 + t.signum
+        return rc
     finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         for proc in background:  # srun forwards the signal: `ray start --block` stops its node
             proc.terminate()
         for proc in background:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc, grace_s=60)
+        # The trainer removes the stop file when it stops early; if it is still there, training ended by itself.
+        stopped_early = state["stop_requested"] and rc == 0 and bool(stop_file) and not os.path.exists(stop_file)
+        if stop_file and os.path.exists(stop_file):
+            os.remove(stop_file)
+        if stopped_early and job_id and shutil.which("scontrol"):
+            print(f"[slurm] requeueing job {job_id}: it resumes from the checkpoint just saved", flush=True)
+            subprocess.run(["scontrol", "requeue", job_id])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM (unless already sent), then SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _resolve_head_ip(cluster: Cluster) -> Cluster:
