@@ -1,6 +1,7 @@
 """LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
 
-- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss in the actor workers and logs LTE's metrics.
+- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss (and the actor worker that counts each
+  mini-batch's on-policy and hinted tokens) in the actor workers and logs LTE's metrics.
 - ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
   keys its semantics on that literal name; a new name would silently switch to async behaviour).
 """
@@ -12,9 +13,11 @@ import logging
 import os
 
 import numpy as np
+import ray
 import transfer_queue as tq
 from omegaconf import DictConfig
 from verl.trainer.main_ppo import TaskRunnerV1
+from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
@@ -22,6 +25,7 @@ from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
+from verl_ext.loss.training_worker import LTEActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -60,6 +64,14 @@ class LTETrainer(PPOTrainerSync):
         check_config(config)
         super().__init__(config)
         self.lte = lte_config(config)
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        # The actor worker with the mini-batch-wide on-policy / hinted counts (lte.loss.aggregation=separate), in
+        # place of verl's ActorRolloutRefWorker, as verl's own separate-async trainer swaps in its worker.
+        for role in (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(LTEActorRolloutRefWorker)
 
     def on_init_end(self):
         super().on_init_end()
