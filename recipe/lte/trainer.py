@@ -1,7 +1,8 @@
 """LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
 
 - ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss (and the actor worker that counts each
-  mini-batch's on-policy and hinted tokens) in the actor workers and logs LTE's metrics.
+  mini-batch's on-policy and hinted tokens) in the actor workers, logs LTE's metrics, and keeps hinted rows out of
+  verl's rollout-vs-training diagnostics.
 - ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
   keys its semantics on that literal name; a new name would silently switch to async behaviour).
 """
@@ -23,6 +24,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
+from recipe.lte.diagnostics import replace_with_on_policy_diagnostics
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
 from verl_ext.loss.training_worker import LTEActorRolloutRefWorker
@@ -80,6 +82,12 @@ class LTETrainer(PPOTrainerSync):
         loss_fn = make_lte_loss_fn(self.config.actor_rollout_ref.actor, lte_loss_config(self.config))
         self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info(f"LTE mode={self.lte.mode}: mixed-policy loss installed in the actor workers")
+
+    def _compute_advantage(self, batch, metrics):
+        batch = super()._compute_advantage(batch, metrics)
+        # verl's rollout-vs-training diagnostics, logged by now, without the hinted rows (recipe/lte/diagnostics.py)
+        replace_with_on_policy_diagnostics(batch, metrics, self.config.algorithm.get("rollout_correction", None))
+        return batch
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics = self._lte_metrics(batch)
