@@ -249,7 +249,9 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         info["extra_tokens"] = sum(len(o.response_ids) for o in extras)
         correct = [j for j, o in enumerate(extras) if o.reward_score >= self.lte.pass_threshold]
         info["extra_correct"] = len(correct)
-        rng = core.seeded_rng(self.lte.seed, trajectory["step"], prompt["uid"])
+        # Seeded by the prompt itself, not verl's per-step uuid4 uid: identical runs make identical choices.
+        identity = core.prompt_identity(prompt["raw_prompt"], trajectory.get("sample_index"))
+        rng = core.seeded_rng(self.lte.seed, trajectory["step"], identity)
         pairs = core.choose_replacements(range(n), correct, min_failures_kept=self.lte.min_failures_kept, rng=rng)
         final, replaced = list(group), [False] * n
         for slot, j in pairs:

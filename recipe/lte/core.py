@@ -17,6 +17,7 @@ The verl glue (``agent_loop.py``, ``trainer.py``) calls these and nothing else d
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -156,7 +157,8 @@ class LTEConfig:
     num_extra_rollouts: int | None = None  # extra rollouts for a none-pass group; None = G (the paper)
     # Tokens that rollout.prompt_length must leave above data.max_prompt_length for the hint text (ours).
     min_hint_room_tokens: int = 256
-    seed: int = 0  # replacement choices are seeded by (seed, step, uid): reruns make the same choices
+    # Replacement choices are seeded by (seed, step, prompt_identity): reruns make the same choices.
+    seed: int = 0
     hint: HintConfig = field(default_factory=HintConfig)
 
     def validate(self) -> None:
@@ -338,6 +340,15 @@ def render_hinted_messages(messages: Sequence[Mapping], plan: HintPlan, hint: Hi
 # ---------------------------------------------------------------------------------------------------------
 # 5. Replacement
 # ---------------------------------------------------------------------------------------------------------
+
+
+def prompt_identity(messages: Sequence[Mapping], index: object = None) -> str:
+    """A stable identity of a training prompt -- its dataset index and its chat content -- for seeding its choices.
+
+    verl's per-step ``uid`` is a fresh uuid4, so choices seeded with it differ between two identical runs.
+    """
+    turns = [[str(m.get("role")), str(m.get("content"))] for m in messages]
+    return hashlib.sha256(json.dumps([str(index), turns]).encode()).hexdigest()
 
 
 def seeded_rng(seed: int, *keys: object) -> random.Random:

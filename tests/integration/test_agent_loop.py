@@ -40,8 +40,10 @@ ORIG_LOGPROB, HINT_LOGPROB = -0.25, -1.5
 class ScriptedLLM:
     """Stand-in for verl's LLM server client (the vLLM boundary). Records every prompt it receives."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, script=SCRIPT, delays=None):
         self.tokenizer = tokenizer
+        self.script = script
+        self.delays = delays or {}  # problem tag -> seconds each of its generations takes (a slow prompt)
         self.prompts: list[str] = []
         self.counters: dict[tuple[str, bool], int] = {}
 
@@ -50,9 +52,11 @@ class ScriptedLLM:
 
         text = self.tokenizer.decode(prompt_ids)
         self.prompts.append(text)
-        tag = next(t for t in sorted(SCRIPT, key=len, reverse=True) if t in text)
+        tag = next(t for t in sorted(self.script, key=len, reverse=True) if t in text)
         hinted = HINT_MARK in text
-        _, orig, hint = SCRIPT[tag]
+        _, orig, hint = self.script[tag]
+        if tag in self.delays:
+            await asyncio.sleep(self.delays[tag])
         if hinted and isinstance(hint, Exception):
             raise hint
         pool = hint if hinted else orig
@@ -64,10 +68,10 @@ class ScriptedLLM:
         return TokenOutput(token_ids=ids, log_probs=[logprob] * len(ids), stop_reason="completed")
 
 
-def _write_dataset(path, tags):
+def _write_dataset(path, tags, script=SCRIPT):
     rows = []
     for i, tag in enumerate(tags):
-        gt = SCRIPT[tag][0]
+        gt = script[tag][0]
         rows.append(
             {
                 "data_source": "lte_test",
@@ -80,7 +84,7 @@ def _write_dataset(path, tags):
     pd.DataFrame(rows).to_parquet(path)
 
 
-def _config(tiny_model_dir, data_path, mode):
+def _config(tiny_model_dir, data_path, mode, *overrides):
     import verl_ext.reward.math_reward
     from recipe.lte.main_lte import compose_config
 
@@ -97,6 +101,7 @@ def _config(tiny_model_dir, data_path, mode):
             "reward.num_workers=1",
             f"reward.custom_reward_function.path={verl_ext.reward.math_reward.__file__}",
             f"lte.mode={mode}",
+            *overrides,
         ]
     )
 
@@ -135,12 +140,12 @@ def reward_handles(ray_tq, tiny_model_dir, tmp_path_factory):
     return RewardLoopManager(_config(tiny_model_dir, path, "lte")).reward_loop_worker_handles
 
 
-def _worker(config, reward_handles):
+def _worker(config, reward_handles, script=SCRIPT, delays=None):
     from recipe.lte.agent_loop import LTEAgentLoopWorker
 
     # In-process instance of the actor class: the scripted client then needs no pickling.
     worker = LTEAgentLoopWorker(config, None, None, reward_handles)
-    worker.llm_client = ScriptedLLM(worker.tokenizer)
+    worker.llm_client = ScriptedLLM(worker.tokenizer, script, delays)
     return worker
 
 
@@ -302,3 +307,33 @@ def test_hint_that_does_not_fit_is_skipped_and_counted(ray_tq, tiny_model_dir, t
     assert len(keys) == N
     assert all(r["lte_extra_status"] == 2 for r in rows.values())  # skipped_too_long
     assert not any(HINT_MARK in p for p in worker.llm_client.prompts)
+
+
+def _rows_by_tag(worker, batch, prefix, tags):
+    listed = asyncio.run(_run(worker, batch, "train"))
+    keys = sorted(k for k in listed if k.startswith(prefix) and k.count("_") == 2)
+    rows = _read(keys, "train")
+    return {tag: [rows[f"{prefix}{i}_{s}_0"] for s in range(N)] for i, tag in enumerate(tags)}
+
+
+# four rescuable groups: every failure answers 5, two of the four hinted answers are right (2 of 4 slots replaced)
+RESCUE = {f"P_R{k}": ("6", ["\\boxed{5}"] * 4, ["\\boxed{6}", "\\boxed{1}"] * 2) for k in range(4)}
+
+
+def test_replacement_choices_repeat_across_runs_and_follow_the_seed(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    """verl draws a fresh uuid4 uid per prompt and step: two identical runs (same data, same step, same lte.seed)
+    differ only in uids and must replace the same slots; another lte.seed replaces other ones."""
+    tags = list(RESCUE)
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags, RESCUE)
+
+    def replaced_slots(seed, prefix):
+        config = _config(tiny_model_dir, data_path, "lte", f"lte.seed={seed}")
+        worker = _worker(config, reward_handles, RESCUE)
+        by_tag = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, prefix), prefix, tags)
+        return {tag: tuple(int(r["lte_replaced"]) for r in rows) for tag, rows in by_tag.items()}
+
+    first, rerun, other_seed = replaced_slots(0, "run1-"), replaced_slots(0, "run2-"), replaced_slots(1, "run3-")
+    assert all(sum(slots) == 2 for slots in first.values()), first
+    assert rerun == first
+    assert other_seed != first

@@ -37,6 +37,7 @@ from recipe.lte.core import (
     code_to_name,
     distinct_wrong_answers,
     plan_hint,
+    prompt_identity,
     render_hint_text,
     render_hinted_messages,
     seeded_rng,
@@ -610,6 +611,19 @@ def test_from_dict_accepts_omegaconf():
 # ---------------------------------------------------------------------------------------------------------
 # 5. seeded_rng and choose_replacements
 # ---------------------------------------------------------------------------------------------------------
+
+def test_prompt_identity_is_the_prompt_not_the_uid():
+    q = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"}]
+    same = [dict(m) for m in q]
+    assert prompt_identity(q, 7) == prompt_identity(same, 7)
+    assert prompt_identity(q, 7) != prompt_identity(q, 8)  # another dataset row with the same text
+    assert prompt_identity(q, 7) != prompt_identity([q[0], {"role": "user", "content": "What is 2+3?"}], 7)
+    assert prompt_identity(q, 7) != prompt_identity(q[1:], 7)
+    # verl hands raw_prompt as a numpy object array of dicts, and the index as a numpy integer
+    import numpy as np
+
+    assert prompt_identity(np.array(q, dtype=object), np.int64(7)) == prompt_identity(q, 7)
+
 
 RNG_KEYS = [(0,), (0, 3, "uid-a"), (1, 3, "uid-a"), (0, 4, "uid-a"), (0, 3, "uid-b"), (0, 3, "uid-a", 1)]
 
