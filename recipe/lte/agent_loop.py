@@ -108,6 +108,14 @@ def _pred(output: AgentLoopOutput) -> str:
     return "" if pred is None else str(pred)
 
 
+def _pred_boxed(output: AgentLoopOutput) -> bool | None:
+    """Whether ``pred`` is an answer the model gave as final (math_reward's ``pred_boxed``); None when not reported."""
+    value = (output.extra_fields.get("reward_extra_info") or {}).get("pred_boxed")
+    if isinstance(value, list | tuple):
+        value = value[-1] if value else None
+    return None if value is None else bool(value)
+
+
 class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     """``AgentLoopWorkerTQ`` with LTE's extra rollouts for none-pass groups (see the module docstring)."""
 
@@ -263,10 +271,17 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         return final, replaced
 
     def _plan_hint(self, group: list[AgentLoopOutput]) -> core.HintPlan | None:
-        """The hint for this none-pass group (``core.plan_hint`` on its answers and truncation)."""
+        """The hint for this none-pass group (``core.plan_hint`` on its quotable answers and truncation)."""
         rollout, hint = self.config.actor_rollout_ref.rollout, self.lte.hint
+        preds, boxed = [_pred(o) for o in group], [_pred_boxed(o) for o in group]
+        if hint.answer_source == "boxed" and any(p and b is None for p, b in zip(preds, boxed, strict=True)):
+            raise ValueError(
+                "lte.hint.answer_source=boxed needs the reward to say which answers were boxed ('pred_boxed' next to "
+                "'pred' in its result, as verl_ext/reward/math_reward.py returns): add it, or set "
+                "lte.hint.answer_source=any"
+            )
         return core.plan_hint(
-            [_pred(o) for o in group],
+            core.quotable_answers(preds, [bool(b) for b in boxed], hint.answer_source),
             [len(o.response_ids) >= rollout.response_length for o in group],
             equivalent=answers_equivalent,  # the reward's own notion of "the same answer"
             max_answers=hint.max_wrong_answers,

@@ -90,6 +90,7 @@ DEFAULT_CONCISE_HINT_TEMPLATE = (
     "answers again. Do not mention this note or the earlier attempts in your reasoning."
 )
 DEFAULT_ANSWER_ITEM = "- {answer}"
+ANSWER_SOURCES = ("boxed", "any")
 
 
 def _check_int(key: str, value: object, minimum: int | None = None) -> None:
@@ -116,6 +117,9 @@ class HintConfig:
     max_answer_chars: int = 200  # ours: longer "answers" are skipped (quoting them cut would misquote)
     # ours: a none-truncated group whose failures wrote no final answer has nothing to list.
     no_answer_fallback: str = CONCISE  # "concise" | "skip"
+    # ours: which answers a hint may quote as "your final answers": "boxed" = only those the model gave as final
+    # (in a \boxed{}); "any" = also the reward's free-text extraction (a stray number from "... so x = 3 ...").
+    answer_source: str = "boxed"
 
     def validate(self) -> None:
         if not isinstance(self.templates, Mapping):
@@ -143,6 +147,8 @@ class HintConfig:
             raise ValueError(
                 f"lte.hint.no_answer_fallback must be 'concise' or 'skip', got {self.no_answer_fallback!r}"
             )
+        if self.answer_source not in ANSWER_SOURCES:
+            raise ValueError(f"lte.hint.answer_source must be one of {ANSWER_SOURCES}, got {self.answer_source!r}")
 
 
 @dataclass
@@ -239,6 +245,19 @@ class HintPlan:
 # "Are these two answers the same?" -- injected by the caller (the rollout stage passes the reward's own
 # math-verify equivalence), so this module stays pure.
 Equivalence = Callable[[str, str], bool]
+
+
+def quotable_answers(preds: Sequence[str], boxed: Sequence[bool], answer_source: str = "boxed") -> list[str]:
+    """The answers a hint may quote as the model's final answers ("" for the others).
+
+    ``boxed[i]``: ``preds[i]`` is what the model gave as final (a ``\\boxed{}``), not the reward's free-text
+    extraction. ``answer_source="boxed"`` keeps only those; ``"any"`` keeps every answer.
+    """
+    if len(preds) != len(boxed):
+        raise ValueError(f"preds ({len(preds)}) and boxed ({len(boxed)}) differ in length")
+    if answer_source not in ANSWER_SOURCES:
+        raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {answer_source!r}")
+    return [p if (b or answer_source == "any") else "" for p, b in zip(preds, boxed, strict=True)]
 
 
 def distinct_wrong_answers(

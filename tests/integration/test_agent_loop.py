@@ -337,3 +337,26 @@ def test_replacement_choices_repeat_across_runs_and_follow_the_seed(ray_tq, tiny
     assert all(sum(slots) == 2 for slots in first.values()), first
     assert rerun == first
     assert other_seed != first
+
+
+def test_free_text_numbers_are_not_quoted_as_final_answers_unless_asked(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles
+):
+    """Failures without a \\boxed{}: the reward's free-text extraction finds "3", but the model never gave it as its
+    final answer. lte.hint.answer_source=boxed (default): nothing to quote, the group follows no_answer_fallback
+    (concise); =any: the hint lists 3."""
+    from recipe.lte import core
+
+    script = {"P_FREE": ("6", ["x = 3, not sure"] * 4, ["\\boxed{6}"] * 4)}
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, ["P_FREE"], script)
+    kinds, hints = {}, {}
+    for source in ("boxed", "any"):
+        config = _config(tiny_model_dir, data_path, "lte", f"lte.hint.answer_source={source}")
+        worker = _worker(config, reward_handles, script)
+        prefix = f"free-{source}-"
+        rows = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, prefix), prefix, ["P_FREE"])
+        kinds[source] = rows["P_FREE"][0]["lte_extra_kind"]
+        hints[source] = next(p for p in worker.llm_client.prompts if HINT_MARK in p)
+    assert kinds == {"boxed": core.EXTRA_KIND_CODES["concise"], "any": core.EXTRA_KIND_CODES["hint"]}
+    assert "- 3\n" not in hints["boxed"] and "- 3\n" in hints["any"]

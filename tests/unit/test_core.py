@@ -38,6 +38,7 @@ from recipe.lte.core import (
     distinct_wrong_answers,
     plan_hint,
     prompt_identity,
+    quotable_answers,
     render_hint_text,
     render_hinted_messages,
     seeded_rng,
@@ -253,6 +254,35 @@ def test_plan_hint_all_truncated_never_calls_the_grader():
     assert plan_hint(["1", "1"], [True, True], equivalent=boom) == HintPlan(CONCISE)
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("boxed", ["", "\\frac12", "", "7"]),  # free-text extractions are not the model's final answers
+        ("any", ["3", "\\frac12", "", "7"]),
+    ],
+)
+def test_quotable_answers(source, expected):
+    preds, boxed = ["3", "\\frac12", "", "7"], [False, True, False, True]
+    assert quotable_answers(preds, boxed, source) == expected
+
+
+def test_quotable_answers_errors():
+    with pytest.raises(ValueError, match="differ in length"):
+        quotable_answers(["1", "2"], [True], "boxed")
+    with pytest.raises(ValueError, match="answer_source"):
+        quotable_answers(["1"], [True], "text")
+
+
+def test_free_text_answers_of_a_none_truncated_group_follow_the_no_answer_fallback():
+    """Failures that never boxed an answer, "3" pulled from their text: with answer_source=boxed nothing is quoted
+    and no_answer_fallback decides, as for a group with no answer at all."""
+    preds, boxed, trunc = ["3", "3", "4"], [False, False, False], [False] * 3
+    boxed_only = quotable_answers(preds, boxed, "boxed")
+    assert plan_hint(boxed_only, trunc, equivalent=numeric_eq) == HintPlan(CONCISE)
+    assert plan_hint(boxed_only, trunc, equivalent=numeric_eq, no_answer_fallback="skip") is None
+    assert plan_hint(quotable_answers(preds, boxed, "any"), trunc, equivalent=numeric_eq) == HintPlan(HINT, ("3", "4"))
+
+
 def test_plan_hint_empty_group_is_an_error():
     with pytest.raises(ValueError):
         plan_hint([], [], equivalent=numeric_eq)
@@ -457,6 +487,7 @@ def test_default_config_is_valid_and_the_papers():
     assert cfg.pass_threshold == 1.0
     assert cfg.min_failures_kept == 1
     assert cfg.hint.no_answer_fallback == CONCISE
+    assert cfg.hint.answer_source == "boxed"
     assert LTEConfig.from_dict(None) == cfg
     assert LTEConfig.from_dict({}) == cfg
 
@@ -502,6 +533,7 @@ def test_hint_config_templates_not_a_mapping(templates):
         ({"max_answer_chars": 0}, "lte.hint.max_answer_chars"),
         ({"no_answer_fallback": "hint"}, "lte.hint.no_answer_fallback"),
         ({"no_answer_fallback": "Concise"}, "lte.hint.no_answer_fallback"),
+        ({"answer_source": "text"}, "lte.hint.answer_source"),
     ],
 )
 def test_hint_config_validate_names_the_key(hint_kwargs, key):

@@ -46,9 +46,18 @@ def test_extract_answer(text, expected):
 
 def test_pred_is_what_the_model_wrote():
     out = compute_score("math", boxed("0.50"), "\\frac{1}{2}")
-    assert out == {"score": 1.0, "acc": True, "pred": "0.50"}
+    assert out == {"score": 1.0, "acc": True, "pred": "0.50", "pred_boxed": True}
     out = compute_score("math", boxed("\\dfrac{3}{4}"), "\\frac{1}{2}")
-    assert out == {"score": 0.0, "acc": False, "pred": "\\dfrac{3}{4}"}
+    assert out == {"score": 0.0, "acc": False, "pred": "\\dfrac{3}{4}", "pred_boxed": True}
+
+
+def test_pred_boxed_says_whether_the_model_gave_the_answer_as_final():
+    """A number pulled from free text is not the model's final answer: pred_boxed tells the hint (lte.hint.answer_source)."""
+    free = "so x = 3 ... not sure"
+    assert compute_score("math", free, "6")["pred_boxed"] is False
+    assert compute_score("math", free, "6", allow_unboxed=False)["pred_boxed"] is False
+    assert compute_score("math", "", "6") == {"score": 0.0, "acc": False, "pred": "", "pred_boxed": False}
+    assert compute_score("math", free + " " + boxed("4"), "6")["pred_boxed"] is True
 
 
 # ---------------------------------------------------------------- equivalence
@@ -121,8 +130,9 @@ def test_non_string_ground_truths():
 
 def test_unboxed_fallback_is_configurable():
     text = "After all this, the answer is 42"
-    assert compute_score("math", text, "42") == {"score": 1.0, "acc": True, "pred": "42"}
-    assert compute_score("math", text, "42", allow_unboxed=False) == {"score": 0.0, "acc": False, "pred": "42"}
+    want = {"score": 1.0, "acc": True, "pred": "42", "pred_boxed": False}
+    assert compute_score("math", text, "42") == want
+    assert compute_score("math", text, "42", allow_unboxed=False) == want | {"score": 0.0, "acc": False}
 
 
 # ---------------------------------------------------------------- the real ground truths
@@ -195,7 +205,7 @@ def test_hanging_expression_is_bounded():
     t0 = time.monotonic()
     out = compute_score("math", boxed(HANG), "5", timeout_s=2.0)
     elapsed = time.monotonic() - t0
-    assert out == {"score": 0.0, "acc": False, "pred": HANG}
+    assert out == {"score": 0.0, "acc": False, "pred": HANG, "pred_boxed": True}
     assert pool.restarts == restarts + 1  # the worker really missed its deadline and was killed
     assert elapsed < 30  # generous: the bound is 2 s plus a worker restart, not the hang
     # The pool still works afterwards.
@@ -224,7 +234,8 @@ def test_hang_in_answers_equivalent_is_bounded():
 )
 def test_garbage_never_raises(solution, caplog):
     out = compute_score("math", solution, "3")
-    assert set(out) == {"score", "acc", "pred"} and isinstance(out["pred"], str)
+    assert set(out) == {"score", "acc", "pred", "pred_boxed"} and isinstance(out["pred"], str)
+    assert isinstance(out["pred_boxed"], bool)
     if not (isinstance(solution, str) and solution.endswith("\\boxed{3}")):
         assert out["score"] == 0.0 and out["acc"] is False
     else:

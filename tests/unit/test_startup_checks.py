@@ -51,6 +51,7 @@ def test_every_arm_composes(mode):
         (["lte.loss.gamma=0"], "lte.loss.gamma"),
         (["lte.loss.off_policy_mode=bogus"], "lte.loss.off_policy_mode"),
         (["+lte.typo=1"], "lte.typo"),
+        (["lte.hint.answer_source=text"], "lte.hint.answer_source"),
         (IS_TOKEN + ["algorithm.rollout_correction.rollout_is_batch_normalize=true"], "rollout_is_batch_normalize"),
         (IS_TOKEN + ["lte.loss.off_policy_mode=on_policy"], "algorithm.rollout_correction.rollout_is"),
     ],

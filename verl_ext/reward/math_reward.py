@@ -234,13 +234,14 @@ def compute_score(
     allow_unboxed: bool = True,
     **kwargs: Any,
 ) -> dict:
-    """verl custom reward: {"score": 1.0 or 0.0, "acc": bool, "pred": the model's final answer as written}.
+    """verl custom reward: {"score": 1.0 or 0.0, "acc": bool, "pred": the model's final answer as written,
+    "pred_boxed": True when pred is a \\boxed{} the model wrote, False when it is a free-text extraction or ""}.
 
     `allow_unboxed`: without a \\boxed{}, fall back to math-verify's extraction from the text (as verl's own
     math-verify scorer does); False scores such responses 0 (pred is still reported).
     `data_source`, `extra_info` and other kwargs verl passes are accepted and unused: one rule for all sources.
     """
-    pred = ""
+    pred, pred_boxed = "", False
     correct = False
     try:
         if not isinstance(solution_str, str):
@@ -251,7 +252,7 @@ def compute_score(
             logger.warning("reward_math: empty ground truth (data_source=%r): scored 0", data_source)
         boxed = extract_boxed(solution_str)
         if boxed is not None:
-            pred = boxed
+            pred, pred_boxed = boxed, True
             norm = normalize_answer(pred)
             correct = bool(gold) and _usable(norm, "boxed answer") and _verify_normalized(gold, norm, timeout_s)
         elif solution_str:
@@ -264,4 +265,4 @@ def compute_score(
     except Exception:  # the reward must never take a training step down
         logger.exception("reward_math: compute_score failed (data_source=%r): scored 0", data_source)
         correct = False
-    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred}
+    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred, "pred_boxed": pred_boxed}
