@@ -31,7 +31,7 @@ from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token
 
 from recipe.lte import core
 from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD
-from verl_ext.reward.math_reward import answers_equivalent
+from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S, answers_equivalent
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -51,6 +51,7 @@ ROW_FIELDS = {
     "lte_extra_correct": torch.int64,  # G'
     "lte_extra_tokens": torch.int64,  # response tokens generated in the group's extra phase
     "lte_extra_seconds": torch.float32,  # wall time of the group's extra phase
+    "lte_dedup_timeout": torch.float32,  # 1.0 = the group's answer de-duplication ran past lte.hint.dedup_timeout_s
 }
 
 
@@ -68,6 +69,7 @@ def row_fields(
         "lte_extra_correct": group["extra_correct"],
         "lte_extra_tokens": group["extra_tokens"],
         "lte_extra_seconds": group["extra_seconds"],
+        "lte_dedup_timeout": float(group["dedup_timeout"]),
     }
     return {k: torch.tensor(v, dtype=ROW_FIELDS[k]) for k, v in values.items()}
 
@@ -81,6 +83,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
     off, rep, orig = col(OFF_POLICY_FIELD), col("lte_replaced"), col("lte_orig_pass")
     cls, kind, status = col("lte_group_class"), col("lte_extra_kind"), col("lte_extra_status")
     correct, tokens, seconds = col("lte_extra_correct"), col("lte_extra_tokens"), col("lte_extra_seconds")
+    dedup_timeout = col("lte_dedup_timeout")
     return [
         core.RowInfo(
             uid=str(uids[i]),
@@ -94,6 +97,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
             extra_correct=int(correct[i]),
             extra_tokens=int(tokens[i]),
             extra_seconds=float(seconds[i]),
+            dedup_timeout=bool(dedup_timeout[i]),
         )
         for i in range(len(uids))
     ]
@@ -114,6 +118,40 @@ def _pred_boxed(output: AgentLoopOutput) -> bool | None:
     if isinstance(value, list | tuple):
         value = value[-1] if value else None
     return None if value is None else bool(value)
+
+
+class _DedupDeadline(Exception):
+    """A group's answer de-duplication ran past ``lte.hint.dedup_timeout_s``."""
+
+
+def plan_hint_within(
+    preds: list[str], truncated: list[bool], hint: core.HintConfig
+) -> tuple[core.HintPlan | None, bool]:
+    """``core.plan_hint`` with the reward's math equivalence, the whole de-duplication bounded by
+    ``hint.dedup_timeout_s`` (each call gets the time left); past it, the plan with exact-string de-duplication.
+
+    Returns (plan, timed_out). Blocks for up to about the bound: the rollout stage runs it in a thread.
+    """
+    deadline = time.monotonic() + hint.dedup_timeout_s
+
+    def equivalent(a: str, b: str) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _DedupDeadline
+        same = answers_equivalent(a, b, timeout_s=min(DEFAULT_TIMEOUT_S, left))
+        if time.monotonic() >= deadline:  # the call may have been cut short: its "no" is no verdict
+            raise _DedupDeadline
+        return same
+
+    kwargs = {
+        "max_answers": hint.max_wrong_answers,
+        "max_answer_chars": hint.max_answer_chars,
+        "no_answer_fallback": hint.no_answer_fallback,
+    }
+    try:
+        return core.plan_hint(preds, truncated, equivalent=equivalent, **kwargs), False
+    except _DedupDeadline:
+        return core.plan_hint(preds, truncated, equivalent=core.exact_only, **kwargs), True
 
 
 class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
@@ -206,6 +244,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             "extra_correct": 0,
             "extra_tokens": 0,
             "extra_seconds": 0.0,
+            "dedup_timeout": False,
         }
         final = list(group)
         replaced = [False] * n
@@ -236,7 +275,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         n = len(group)
         messages = list(prompt["raw_prompt"])
         if self.lte.mode == "lte":
-            plan = self._plan_hint(group)
+            plan = await self._plan_hint(group, info)
             if plan is None:
                 info["extra_status"] = "skipped_no_hint"
                 return list(group), [False] * n
@@ -270,8 +309,12 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             final[slot], replaced[slot] = swapped, True
         return final, replaced
 
-    def _plan_hint(self, group: list[AgentLoopOutput]) -> core.HintPlan | None:
-        """The hint for this none-pass group (``core.plan_hint`` on its quotable answers and truncation)."""
+    async def _plan_hint(self, group: list[AgentLoopOutput], info: dict) -> core.HintPlan | None:
+        """The hint for this none-pass group (``core.plan_hint`` on its quotable answers and truncation).
+
+        Planned in a thread: de-duplicating the answers calls the reward's math equivalence (a blocking call into
+        its process pool), which on the event loop would stall every other rollout of this worker.
+        """
         rollout, hint = self.config.actor_rollout_ref.rollout, self.lte.hint
         preds, boxed = [_pred(o) for o in group], [_pred_boxed(o) for o in group]
         if hint.answer_source == "boxed" and any(p and b is None for p, b in zip(preds, boxed, strict=True)):
@@ -280,14 +323,16 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
                 "'pred' in its result, as verl_ext/reward/math_reward.py returns): add it, or set "
                 "lte.hint.answer_source=any"
             )
-        return core.plan_hint(
-            core.quotable_answers(preds, [bool(b) for b in boxed], hint.answer_source),
-            [len(o.response_ids) >= rollout.response_length for o in group],
-            equivalent=answers_equivalent,  # the reward's own notion of "the same answer"
-            max_answers=hint.max_wrong_answers,
-            max_answer_chars=hint.max_answer_chars,
-            no_answer_fallback=hint.no_answer_fallback,
-        )
+        answers = core.quotable_answers(preds, [bool(b) for b in boxed], hint.answer_source)
+        truncated = [len(o.response_ids) >= rollout.response_length for o in group]
+        plan, timed_out = await asyncio.to_thread(plan_hint_within, answers, truncated, hint)
+        if timed_out:
+            info["dedup_timeout"] = True
+            logger.warning(
+                f"LTE: de-duplicating the wrong answers took over lte.hint.dedup_timeout_s={hint.dedup_timeout_s}; "
+                "the hint lists them de-duplicated as exact strings"
+            )
+        return plan
 
     def _prompt_len(self, messages: list, plan: core.HintPlan) -> int:
         """Token count of the hinted prompt, built exactly as the agent loop builds it (Continuous Token)."""

@@ -120,6 +120,9 @@ class HintConfig:
     # ours: which answers a hint may quote as "your final answers": "boxed" = only those the model gave as final
     # (in a \boxed{}); "any" = also the reward's free-text extraction (a stray number from "... so x = 3 ...").
     answer_source: str = "boxed"
+    # ours: wall-clock bound (s) of one group's answer de-duplication with the reward's math equivalence (up to
+    # G(G-1)/2 calls, milliseconds each, up to 10 s each on pathological input); past it: exact-string de-duplication.
+    dedup_timeout_s: float = 30.0
 
     def validate(self) -> None:
         if not isinstance(self.templates, Mapping):
@@ -149,6 +152,9 @@ class HintConfig:
             )
         if self.answer_source not in ANSWER_SOURCES:
             raise ValueError(f"lte.hint.answer_source must be one of {ANSWER_SOURCES}, got {self.answer_source!r}")
+        t = self.dedup_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"lte.hint.dedup_timeout_s must be a finite number of seconds > 0, got {t!r}")
 
 
 @dataclass
@@ -258,6 +264,11 @@ def quotable_answers(preds: Sequence[str], boxed: Sequence[bool], answer_source:
     if answer_source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {answer_source!r}")
     return [p if (b or answer_source == "any") else "" for p, b in zip(preds, boxed, strict=True)]
+
+
+def exact_only(a: str, b: str) -> bool:
+    """The equivalence of exact-string de-duplication (``distinct_wrong_answers`` compares the strings itself)."""
+    return False
 
 
 def distinct_wrong_answers(
@@ -418,6 +429,7 @@ class RowInfo:
     extra_correct: int  # G': correct extra responses of this group
     extra_tokens: int  # response tokens generated in this group's extra phase
     extra_seconds: float  # wall time of this group's extra phase
+    dedup_timeout: bool = False  # this group's answer de-duplication ran past lte.hint.dedup_timeout_s
 
 
 def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, float]:
@@ -438,7 +450,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     after = {c: 0 for c in GROUP_CLASSES}
     kinds = {k: 0 for k in EXTRA_KIND_CODES if k != "none"}
     status = {s: 0 for s in EXTRA_STATUS_CODES if s != "not_needed"}
-    rescued = extra_tokens = extra_correct = 0
+    rescued = extra_tokens = extra_correct = dedup_timeouts = 0
     extra_seconds: list[float] = []
     for g in groups.values():
         head = g[0]
@@ -446,6 +458,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
         after[classify_group([r.passed for r in g])] += 1
         if head.extra_status != "not_needed":
             status[head.extra_status] += 1
+        dedup_timeouts += head.dedup_timeout
         if head.extra_status == "ran":
             kinds[head.extra_kind] += 1
             extra_tokens += head.extra_tokens
@@ -469,6 +482,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     m[f"{prefix}extra/replaced"] = sum(r.replaced for r in rows)
     m[f"{prefix}extra/off_policy_rows"] = sum(r.off_policy for r in rows)
     m[f"{prefix}extra/tokens"] = extra_tokens
+    m[f"{prefix}extra/dedup_timeouts"] = dedup_timeouts
     if extra_seconds:
         m[f"{prefix}extra/seconds_max"] = max(extra_seconds)
         m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds)

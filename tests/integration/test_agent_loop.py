@@ -339,6 +339,57 @@ def test_replacement_choices_repeat_across_runs_and_follow_the_seed(ray_tq, tiny
     assert other_seed != first
 
 
+def test_slow_answer_deduplication_does_not_hold_up_other_prompts(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles, monkeypatch
+):
+    """The de-duplication's math equivalence blocks (a process-pool call, up to 10 s on bad input). With a slow
+    one, another prompt's rollouts must complete meanwhile, and past lte.hint.dedup_timeout_s the hint falls back
+    to exact-string de-duplication, counted per group."""
+    import time
+
+    import recipe.lte.agent_loop as agent_loop
+    from recipe.lte import core
+
+    calls = []
+
+    def slow_equivalent(a, b, timeout_s=10.0):
+        start = time.monotonic()
+        time.sleep(min(1.0, timeout_s))
+        calls.append((start, time.monotonic()))
+        return False
+
+    monkeypatch.setattr(agent_loop, "answers_equivalent", slow_equivalent)
+    script = {
+        "P_DEDUP": ("9", ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}"], ["\\boxed{9}"] * 4),  # 6 calls
+        "P_SLOW": ("2", ["\\boxed{2}"] * 4, None),  # all pass; each generation takes 1.5 s
+    }
+    tags = list(script)
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags, script)
+    bound = 4.0
+    config = _config(tiny_model_dir, data_path, "lte", f"lte.hint.dedup_timeout_s={bound}")
+    worker = _worker(config, reward_handles, script, delays={"P_SLOW": 1.5})
+    finished = {}
+    run_prompt = worker._run_prompt
+
+    async def timed_run_prompt(prompt, *args, **kwargs):
+        await run_prompt(prompt, *args, **kwargs)
+        finished[prompt["uid"]] = time.monotonic()
+
+    worker._run_prompt = timed_run_prompt
+    by_tag = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, "dd-"), "dd-", tags)
+
+    dedup_start, dedup_end = calls[0][0], calls[-1][1]
+    assert finished["dd-1"] < dedup_end, "P_SLOW's rollouts waited for P_DEDUP's de-duplication"
+    assert dedup_end - dedup_start < bound + 0.5  # no call past the bound
+    assert len(calls) < 6  # the 6 comparisons would take 6 s
+    hinted = next(p for p in worker.llm_client.prompts if HINT_MARK in p)
+    assert "- 1\n- 2\n- 3\n- 4\n" in hinted  # exact-string de-duplication
+    assert [r["lte_dedup_timeout"] for r in by_tag["P_DEDUP"]] == [1.0] * N
+    assert [r["lte_dedup_timeout"] for r in by_tag["P_SLOW"]] == [0.0] * N
+    assert by_tag["P_DEDUP"][0]["lte_extra_status"] == core.EXTRA_STATUS_CODES["ran"]
+
+
 def test_free_text_numbers_are_not_quoted_as_final_answers_unless_asked(
     ray_tq, tiny_model_dir, tmp_path, reward_handles
 ):

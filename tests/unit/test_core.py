@@ -36,6 +36,7 @@ from recipe.lte.core import (
     classify_truncation,
     code_to_name,
     distinct_wrong_answers,
+    exact_only,
     plan_hint,
     prompt_identity,
     quotable_answers,
@@ -283,6 +284,10 @@ def test_free_text_answers_of_a_none_truncated_group_follow_the_no_answer_fallba
     assert plan_hint(quotable_answers(preds, boxed, "any"), trunc, equivalent=numeric_eq) == HintPlan(HINT, ("3", "4"))
 
 
+def test_exact_only_deduplicates_identical_strings_only():
+    assert distinct_wrong_answers(["5", "5.0", "5", "7"], [False] * 4, equivalent=exact_only) == ["5", "5.0", "7"]
+
+
 def test_plan_hint_empty_group_is_an_error():
     with pytest.raises(ValueError):
         plan_hint([], [], equivalent=numeric_eq)
@@ -487,7 +492,7 @@ def test_default_config_is_valid_and_the_papers():
     assert cfg.pass_threshold == 1.0
     assert cfg.min_failures_kept == 1
     assert cfg.hint.no_answer_fallback == CONCISE
-    assert cfg.hint.answer_source == "boxed"
+    assert cfg.hint.answer_source == "boxed" and cfg.hint.dedup_timeout_s == 30.0
     assert LTEConfig.from_dict(None) == cfg
     assert LTEConfig.from_dict({}) == cfg
 
@@ -534,6 +539,9 @@ def test_hint_config_templates_not_a_mapping(templates):
         ({"no_answer_fallback": "hint"}, "lte.hint.no_answer_fallback"),
         ({"no_answer_fallback": "Concise"}, "lte.hint.no_answer_fallback"),
         ({"answer_source": "text"}, "lte.hint.answer_source"),
+        ({"dedup_timeout_s": 0}, "lte.hint.dedup_timeout_s"),
+        ({"dedup_timeout_s": "30"}, "lte.hint.dedup_timeout_s"),
+        ({"dedup_timeout_s": float("inf")}, "lte.hint.dedup_timeout_s"),
     ],
 )
 def test_hint_config_validate_names_the_key(hint_kwargs, key):
@@ -643,6 +651,7 @@ def test_from_dict_accepts_omegaconf():
 # ---------------------------------------------------------------------------------------------------------
 # 5. seeded_rng and choose_replacements
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_prompt_identity_is_the_prompt_not_the_uid():
     q = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"}]
@@ -777,13 +786,15 @@ def test_choose_replacements_does_not_mutate_inputs():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds):
-    return RowInfo(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds)
+def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, dedup):
+    return RowInfo(
+        uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, dedup
+    )
 
 
-def _group(uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0):
+def _group(uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0, dedup=False):
     """flags: one (passed, orig_passed, replaced, off_policy) per row; the group fields repeat on every row."""
-    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds) for f in flags]
+    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds, dedup) for f in flags]
 
 
 ON_PASS = (True, True, False, False)
@@ -798,8 +809,8 @@ def _batch() -> list[RowInfo]:
         _group("b", [ON_PASS, ON_FAIL, ON_PASS, ON_FAIL], SOME_PASS),
         # none-pass, hinted, 3 correct extras replace 3 of 4 failures (min_failures_kept = 1)
         _group("c", [HINTED_IN, ON_FAIL, HINTED_IN, HINTED_IN], NONE_PASS, HINT, "ran", 3, 1200, 2.5),
-        # none-pass, concise hint ran, nothing correct
-        _group("d", [ON_FAIL] * 4, NONE_PASS, CONCISE, "ran", 0, 800, 1.5),
+        # none-pass, concise hint ran, nothing correct; its answers' de-duplication timed out
+        _group("d", [ON_FAIL] * 4, NONE_PASS, CONCISE, "ran", 0, 800, 1.5, dedup=True),
         # none-pass, hint did not fit: no generation, its kind must not count as a run
         _group("e", [ON_FAIL] * 4, NONE_PASS, HINT, "skipped_too_long", 0, 0, 0.0),
         # none-pass, extra phase raised: its (partial) tokens and time must not count
@@ -846,6 +857,7 @@ def test_step_metrics_hand_computed():
         "lte/extra/replaced": 4,  # 3 rows in c, 1 in g
         "lte/extra/off_policy_rows": 3,  # c's hinted rows only
         "lte/extra/tokens": 2500,  # 1200 + 800 + 500
+        "lte/extra/dedup_timeouts": 1,  # d (a group, not its 4 rows)
         "lte/extra/seconds_max": 2.5,
         "lte/extra/seconds_mean": 1.5,  # (2.5 + 1.5 + 0.5) / 3
         "lte/on_policy_acc": 6 / 32,  # a: 4, b: 2 originally passed
@@ -869,7 +881,7 @@ def test_step_metrics_no_extra_phase_ran():
     assert got["extra/ran"] == 0
     assert "extra/rescue_rate" not in got
     assert "extra/seconds_max" not in got and "extra/seconds_mean" not in got
-    assert got["extra/tokens"] == 0
+    assert got["extra/tokens"] == 0 and got["extra/dedup_timeouts"] == 0
     assert got["groups/none_pass_before"] == got["groups/none_pass_after"] == 1
     assert got["groups/none_pass_after_share"] == 0.5
     assert got["on_policy_acc"] == got["acc_after"] == 0.25
