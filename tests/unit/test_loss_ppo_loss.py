@@ -560,22 +560,76 @@ def test_separate_through_verl_matches_hand_for_every_micro_batch_cut(cut, agg):
     assert_matches_hand(total, grads, *hand_separate(rows, agg))
 
 
-def test_separate_weights_of_the_issue_example():
-    """Rows A (hinted, 100 tokens), B, C (on-policy, 100 each), micro-batches [A, B] and [C]: A weighs 1/100, B and
-    C 1/200 each (per-micro-batch estimates gave A 1/150, B 1/150, C 1/300)."""
-    rows = tq_rows([(4, 100, 1), (4, 100, 0), (4, 100, 0)], seed=6)[:3]  # no padding row: exactly the example
-    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), {"aggregation": "separate"})
-    # per-row vectors nested, as TransferQueue hands them (equal lengths would otherwise stack densely)
+def nested_mini_batch(rows, **split):
+    """One rank's mini-batch (dp_size 1) as the engine gets it, uncut: per-row vectors nested, as TransferQueue hands
+    them (equal lengths would otherwise stack densely), verl's global batch info, LTETrainingWorker's part counts,
+    and the split settings `split` for verl's prepare_micro_batches."""
     data = TensorDict(
         {k: torch.nested.as_nested_tensor([r[k] for r in rows], layout=torch.jagged) if rows[0][k].dim() else torch.stack([r[k] for r in rows]) for k in rows[0]},
-        batch_size=[3],
+        batch_size=[len(rows)],
     )  # fmt: skip
-    tu.assign_non_tensor(data, global_batch_size=3, batch_num_tokens=300, dp_size=1)
+    n_tokens = sum(int(r["loss_mask"].sum()) for r in rows)
+    tu.assign_non_tensor(data, global_batch_size=len(rows), batch_num_tokens=n_tokens, dp_size=1, **split)
     attach_part_counts(data)
+    return data
+
+
+def set_partitions(items):
+    """Every way of cutting `items` into non-empty groups (order of groups and within a group aside)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_separate_is_the_same_for_every_partition_of_the_mini_batch(agg):
+    """Every one of the 52 ways of cutting a 5-row mini-batch (2 on-policy and 2 hinted rows, and verl's padding
+    row) into micro-batches, contiguous or not (verl's dynamic batch size regroups rows by length): the summed loss
+    and every gradient are the hand computation over the whole mini-batch."""
+    rows = tq_rows(SEPARATE_SPECS[:4], seed=5)
+    data = nested_mini_batch(rows)
+    lte = make_lte_loss_fn(actor_config(agg, loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    want = hand_separate(rows, agg)
+    partitions = list(set_partitions(list(range(len(rows)))))
+    assert len(partitions) == 52  # the Bell number B5
+    for blocks in partitions:
+        cut = [tu.index_select_tensor_dict(data, torch.tensor(block)) for block in blocks]
+        assert_matches_hand(*run_cut(lte, cut), *want)
+
+
+EXAMPLE_SPLITS = [
+    {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 1},
+    {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 3},
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 104},  # a row is 4 prompt + 100 response tokens
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 208},  # two micro-batches: 2 rows and 1, as in the issue
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 4096},
+]
+
+
+def test_separate_weights_of_the_issue_example_for_every_cut():
+    """Rows A (hinted, 100 tokens), B, C (on-policy, 100 each): A weighs 1/100, B and C 1/200 each, whatever the
+    micro-batches -- each of the 5 partitions of {A, B, C} (the issue's [A, B] [C] among them: per-micro-batch
+    estimates gave A 1/150, B 1/150, C 1/300), and verl's own cuts with and without dynamic batch size."""
+    rows = tq_rows([(4, 100, 1), (4, 100, 0), (4, 100, 0)], seed=6)[:3]  # no padding row: exactly the example
+    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    want = hand_rows(rows, lambda i: (1 / 100, 1 / 200, 1 / 200)[i])
+    data = nested_mini_batch(rows)
     assert tu.get_non_tensor_data(data, PART_COUNTS_FIELD, None) == (200, 100, 2, 1)
-    cut = [tu.index_select_tensor_dict(data, torch.tensor(ix)) for ix in ([0, 1], [2])]
-    total, grads = run_cut(lte, cut)
-    assert_matches_hand(total, grads, *hand_rows(rows, lambda i: (1 / 100, 1 / 200, 1 / 200)[i]))
+    partitions = list(set_partitions([0, 1, 2]))
+    assert len(partitions) == 5 and [[0, 1], [2]] in partitions
+    for blocks in partitions:
+        assert_matches_hand(*run_cut(lte, [tu.index_select_tensor_dict(data, torch.tensor(b)) for b in blocks]), *want)
+    sizes = []
+    for split in EXAMPLE_SPLITS:
+        micro_batches, _ = prepare_micro_batches(nested_mini_batch(rows, **split), dp_group=None)
+        sizes.append(sorted(len(mb) for mb in micro_batches))
+        assert_matches_hand(*run_cut(lte, micro_batches), *want)
+    assert sizes == [[1, 1, 1], [3], [1, 1, 1], [1, 2], [3]]
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
