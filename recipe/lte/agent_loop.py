@@ -33,7 +33,7 @@ from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token
 from recipe.lte import core
 from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD
 from verl_ext.reward.ground_truth import unusable_ground_truth
-from verl_ext.reward.math_reward import answers_equivalent
+from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S, answers_equivalent
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -54,6 +54,7 @@ ROW_FIELDS = {
     "lte_extra_tokens": torch.int64,  # response tokens generated in the group's extra phase
     "lte_extra_seconds": torch.float32,  # wall time of the group's extra phase
     "lte_first_tokens": torch.int64,  # response tokens of the group's G first-phase rollouts
+    "lte_dedup_timeout": torch.float32,  # 1.0 = the group's answer de-duplication ran past lte.hint.dedup_timeout_s
 }
 
 
@@ -72,6 +73,7 @@ def row_fields(
         "lte_extra_tokens": group["extra_tokens"],
         "lte_extra_seconds": group["extra_seconds"],
         "lte_first_tokens": group["first_tokens"],
+        "lte_dedup_timeout": float(group["dedup_timeout"]),
     }
     return {k: torch.tensor(v, dtype=ROW_FIELDS[k]) for k, v in values.items()}
 
@@ -86,6 +88,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
     cls, kind, status = col("lte_group_class"), col("lte_extra_kind"), col("lte_extra_status")
     correct, tokens, seconds = col("lte_extra_correct"), col("lte_extra_tokens"), col("lte_extra_seconds")
     first_tokens = col("lte_first_tokens")
+    dedup_timeout = col("lte_dedup_timeout")
     return [
         core.RowInfo(
             uid=str(uids[i]),
@@ -100,6 +103,7 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
             extra_tokens=int(tokens[i]),
             extra_seconds=float(seconds[i]),
             first_tokens=int(first_tokens[i]),
+            dedup_timeout=bool(dedup_timeout[i]),
         )
         for i in range(len(uids))
     ]
@@ -134,6 +138,48 @@ def _pred(output: AgentLoopOutput) -> str:
     if isinstance(pred, list | tuple):  # some reward managers keep per-turn lists
         pred = pred[-1] if pred else ""
     return "" if pred is None else str(pred)
+
+
+def _pred_boxed(output: AgentLoopOutput) -> bool | None:
+    """Whether ``pred`` is an answer the model gave as final (math_reward's ``pred_boxed``); None when not reported."""
+    value = (output.extra_fields.get("reward_extra_info") or {}).get("pred_boxed")
+    if isinstance(value, list | tuple):
+        value = value[-1] if value else None
+    return None if value is None else bool(value)
+
+
+class _DedupDeadline(Exception):
+    """A group's answer de-duplication ran past ``lte.hint.dedup_timeout_s``."""
+
+
+def plan_hint_within(
+    preds: list[str], truncated: list[bool], hint: core.HintConfig
+) -> tuple[core.HintPlan | None, bool]:
+    """``core.plan_hint`` with the reward's math equivalence, the whole de-duplication bounded by
+    ``hint.dedup_timeout_s`` (each call gets the time left); past it, the plan with exact-string de-duplication.
+
+    Returns (plan, timed_out). Blocks for up to about the bound: the rollout stage runs it in a thread.
+    """
+    deadline = time.monotonic() + hint.dedup_timeout_s
+
+    def equivalent(a: str, b: str) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _DedupDeadline
+        same = answers_equivalent(a, b, timeout_s=min(DEFAULT_TIMEOUT_S, left))
+        if time.monotonic() >= deadline:  # the call may have been cut short: its "no" is no verdict
+            raise _DedupDeadline
+        return same
+
+    kwargs = {
+        "max_answers": hint.max_wrong_answers,
+        "max_answer_chars": hint.max_answer_chars,
+        "no_answer_fallback": hint.no_answer_fallback,
+    }
+    try:
+        return core.plan_hint(preds, truncated, equivalent=equivalent, **kwargs), False
+    except _DedupDeadline:
+        return core.plan_hint(preds, truncated, equivalent=core.exact_only, **kwargs), True
 
 
 class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
@@ -228,6 +274,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             "extra_tokens": 0,
             "extra_seconds": 0.0,
             "first_tokens": sum(len(o.response_ids) for o in group),
+            "dedup_timeout": False,
         }
         final = list(group)
         replaced = [False] * n
@@ -274,7 +321,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         n = len(group)
         messages = list(prompt["raw_prompt"])
         if self.lte.mode == "lte":
-            plan = self._plan_hint(group)
+            plan = await self._plan_hint(group, info)
             if plan is None:
                 info["extra_status"] = "skipped_no_hint"
                 return list(group), [False] * n
@@ -295,7 +342,9 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         info["extra_tokens"] = sum(len(o.response_ids) for o in extras)
         correct = [j for j, o in enumerate(extras) if o.reward_score >= self.lte.pass_threshold]
         info["extra_correct"] = len(correct)
-        rng = core.seeded_rng(self.lte.seed, trajectory["step"], prompt["uid"])
+        # Seeded by the prompt itself, not verl's per-step uuid4 uid: identical runs make identical choices.
+        identity = core.prompt_identity(prompt["raw_prompt"], trajectory.get("sample_index"))
+        rng = core.seeded_rng(self.lte.seed, trajectory["step"], identity)
         pairs = core.choose_replacements(range(n), correct, min_failures_kept=self.lte.min_failures_kept, rng=rng)
         final, replaced = list(group), [False] * n
         for slot, j in pairs:
@@ -306,17 +355,30 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             final[slot], replaced[slot] = swapped, True
         return final, replaced
 
-    def _plan_hint(self, group: list[AgentLoopOutput]) -> core.HintPlan | None:
-        """The hint for this none-pass group (``core.plan_hint`` on its answers and truncation)."""
+    async def _plan_hint(self, group: list[AgentLoopOutput], info: dict) -> core.HintPlan | None:
+        """The hint for this none-pass group (``core.plan_hint`` on its quotable answers and truncation).
+
+        Planned in a thread: de-duplicating the answers calls the reward's math equivalence (a blocking call into
+        its process pool), which on the event loop would stall every other rollout of this worker.
+        """
         rollout, hint = self.config.actor_rollout_ref.rollout, self.lte.hint
-        return core.plan_hint(
-            [_pred(o) for o in group],
-            [len(o.response_ids) >= rollout.response_length for o in group],
-            equivalent=answers_equivalent,  # the reward's own notion of "the same answer"
-            max_answers=hint.max_wrong_answers,
-            max_answer_chars=hint.max_answer_chars,
-            no_answer_fallback=hint.no_answer_fallback,
-        )
+        preds, boxed = [_pred(o) for o in group], [_pred_boxed(o) for o in group]
+        if hint.answer_source == "boxed" and any(p and b is None for p, b in zip(preds, boxed, strict=True)):
+            raise ValueError(
+                "lte.hint.answer_source=boxed needs the reward to say which answers were boxed ('pred_boxed' next to "
+                "'pred' in its result, as verl_ext/reward/math_reward.py returns): add it, or set "
+                "lte.hint.answer_source=any"
+            )
+        answers = core.quotable_answers(preds, [bool(b) for b in boxed], hint.answer_source)
+        truncated = [len(o.response_ids) >= rollout.response_length for o in group]
+        plan, timed_out = await asyncio.to_thread(plan_hint_within, answers, truncated, hint)
+        if timed_out:
+            info["dedup_timeout"] = True
+            logger.warning(
+                f"LTE: de-duplicating the wrong answers took over lte.hint.dedup_timeout_s={hint.dedup_timeout_s}; "
+                "the hint lists them de-duplicated as exact strings"
+            )
+        return plan
 
     def _prompt_len(self, messages: list, plan: core.HintPlan) -> int:
         """Token count of the hinted prompt, built exactly as the agent loop builds it (Continuous Token)."""

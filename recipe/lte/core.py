@@ -18,6 +18,7 @@ The verl glue (``agent_loop.py``, ``trainer.py``) calls these and nothing else d
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -93,6 +94,7 @@ DEFAULT_CONCISE_HINT_TEMPLATE = (
     "answers again. Do not mention this note or the earlier attempts in your reasoning."
 )
 DEFAULT_ANSWER_ITEM = "- {answer}"
+ANSWER_SOURCES = ("boxed", "any")
 
 
 def _check_int(key: str, value: object, minimum: int | None = None) -> None:
@@ -119,6 +121,12 @@ class HintConfig:
     max_answer_chars: int = 200  # ours: longer "answers" are skipped (quoting them cut would misquote)
     # ours: a none-truncated group whose failures wrote no final answer has nothing to list.
     no_answer_fallback: str = CONCISE  # "concise" | "skip"
+    # ours: which answers a hint may quote as "your final answers": "boxed" = only those the model gave as final
+    # (in a \boxed{}); "any" = also the reward's free-text extraction (a stray number from "... so x = 3 ...").
+    answer_source: str = "boxed"
+    # ours: wall-clock bound (s) of one group's answer de-duplication with the reward's math equivalence (up to
+    # G(G-1)/2 calls, milliseconds each, up to 10 s each on pathological input); past it: exact-string de-duplication.
+    dedup_timeout_s: float = 30.0
 
     def validate(self) -> None:
         if not isinstance(self.templates, Mapping):
@@ -146,6 +154,11 @@ class HintConfig:
             raise ValueError(
                 f"lte.hint.no_answer_fallback must be 'concise' or 'skip', got {self.no_answer_fallback!r}"
             )
+        if self.answer_source not in ANSWER_SOURCES:
+            raise ValueError(f"lte.hint.answer_source must be one of {ANSWER_SOURCES}, got {self.answer_source!r}")
+        t = self.dedup_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"lte.hint.dedup_timeout_s must be a finite number of seconds > 0, got {t!r}")
 
 
 @dataclass
@@ -172,7 +185,8 @@ class LTEConfig:
     num_extra_rollouts: int | None = None  # extra rollouts for a none-pass group; None = G (the paper)
     # Tokens that rollout.prompt_length must leave above data.max_prompt_length for the hint text (ours).
     min_hint_room_tokens: int = 256
-    seed: int = 0  # replacement choices are seeded by (seed, step, uid): reruns make the same choices
+    # Replacement choices are seeded by (seed, step, prompt_identity): reruns make the same choices.
+    seed: int = 0
     hint: HintConfig = field(default_factory=HintConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -265,6 +279,24 @@ class HintPlan:
 # "Are these two answers the same?" -- injected by the caller (the rollout stage passes the reward's own
 # math-verify equivalence), so this module stays pure.
 Equivalence = Callable[[str, str], bool]
+
+
+def quotable_answers(preds: Sequence[str], boxed: Sequence[bool], answer_source: str = "boxed") -> list[str]:
+    """The answers a hint may quote as the model's final answers ("" for the others).
+
+    ``boxed[i]``: ``preds[i]`` is what the model gave as final (a ``\\boxed{}``), not the reward's free-text
+    extraction. ``answer_source="boxed"`` keeps only those; ``"any"`` keeps every answer.
+    """
+    if len(preds) != len(boxed):
+        raise ValueError(f"preds ({len(preds)}) and boxed ({len(boxed)}) differ in length")
+    if answer_source not in ANSWER_SOURCES:
+        raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {answer_source!r}")
+    return [p if (b or answer_source == "any") else "" for p, b in zip(preds, boxed, strict=True)]
+
+
+def exact_only(a: str, b: str) -> bool:
+    """The equivalence of exact-string de-duplication (``distinct_wrong_answers`` compares the strings itself)."""
+    return False
 
 
 def distinct_wrong_answers(
@@ -368,6 +400,15 @@ def render_hinted_messages(messages: Sequence[Mapping], plan: HintPlan, hint: Hi
 # ---------------------------------------------------------------------------------------------------------
 
 
+def prompt_identity(messages: Sequence[Mapping], index: object = None) -> str:
+    """A stable identity of a training prompt -- its dataset index and its chat content -- for seeding its choices.
+
+    verl's per-step ``uid`` is a fresh uuid4, so choices seeded with it differ between two identical runs.
+    """
+    turns = [[str(m.get("role")), str(m.get("content"))] for m in messages]
+    return hashlib.sha256(json.dumps([str(index), turns]).encode()).hexdigest()
+
+
 def seeded_rng(seed: int, *keys: object) -> random.Random:
     """A Random seeded by ``seed`` and ``keys`` -- the same across processes (unlike ``hash()`` of a str)."""
     digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
@@ -417,6 +458,7 @@ class RowInfo:
     extra_tokens: int  # response tokens generated in this group's extra phase
     extra_seconds: float  # wall time of this group's extra phase
     first_tokens: int = 0  # response tokens of this group's G first-phase rollouts (before any replacement)
+    dedup_timeout: bool = False  # this group's answer de-duplication ran past lte.hint.dedup_timeout_s
 
 
 def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, float]:
@@ -437,7 +479,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     after = {c: 0 for c in GROUP_CLASSES}
     kinds = {k: 0 for k in EXTRA_KIND_CODES if k != "none"}
     status = {s: 0 for s in EXTRA_STATUS_CODES if s != "not_needed"}
-    rescued = extra_tokens = extra_correct = first_tokens = 0
+    rescued = extra_tokens = extra_correct = first_tokens = dedup_timeouts = 0
     extra_seconds: list[float] = []
     for g in groups.values():
         head = g[0]
@@ -446,6 +488,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
         after[classify_group([r.passed for r in g])] += 1
         if head.extra_status != "not_needed":
             status[head.extra_status] += 1
+        dedup_timeouts += head.dedup_timeout
         if head.extra_status == "ran":
             kinds[head.extra_kind] += 1
             extra_tokens += head.extra_tokens
@@ -472,6 +515,7 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     m[f"{prefix}first/tokens"] = first_tokens
     # LTE's decode work beyond GRPO's this step: the floor of its generation-time overhead (docs/cost.md).
     m[f"{prefix}extra/token_share"] = extra_tokens / first_tokens if first_tokens else 0.0
+    m[f"{prefix}extra/dedup_timeouts"] = dedup_timeouts
     if extra_seconds:
         m[f"{prefix}extra/seconds_max"] = max(extra_seconds)
         m[f"{prefix}extra/seconds_mean"] = sum(extra_seconds) / len(extra_seconds)

@@ -33,6 +33,30 @@ def watchdog_config(config: DictConfig) -> WatchdogConfig:
     return WatchdogConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
 
 
+def _refuse_rollout_correction_over_hinted_rows(config: DictConfig, refuse) -> None:
+    """verl's rollout correction settings that would let hinted rows (rollout log-probs under another prompt) shape
+    the on-policy rows' IS weights, or get IS weights themselves."""
+    corr = OmegaConf.select(config, "algorithm.rollout_correction", default=None) or {}
+    if corr.get("rollout_is", None) is None:
+        return
+    refuse(
+        bool(corr.get("rollout_is_batch_normalize", False)),
+        "algorithm.rollout_correction.rollout_is_batch_normalize=true normalises the IS weights by their batch mean, "
+        "which would include the hinted rows' weights (rollout log-probs taken under the hinted prompt): set "
+        "algorithm.rollout_correction.rollout_is_batch_normalize=false",
+    )
+    try:
+        off_policy_mode = lte_loss_config(config).off_policy_mode
+    except ValueError:  # reported by check_loss_config
+        return
+    refuse(
+        off_policy_mode == "on_policy",
+        "algorithm.rollout_correction.rollout_is with lte.loss.off_policy_mode=on_policy would weight hinted rows by "
+        "pi_old(o|q) / pi_rollout(o|hint(q)), a ratio across two prompts: set algorithm.rollout_correction.rollout_is"
+        "=null, or choose another lte.loss.off_policy_mode",
+    )
+
+
 def check_config(config: DictConfig) -> None:
     """Refuse configurations LTE cannot honour. Each error names the key and the fix."""
     lte = lte_config(config)
@@ -86,6 +110,7 @@ def check_config(config: DictConfig) -> None:
         "to another prompt; set it to false",
     )
     if lte.mode == "lte":
+        _refuse_rollout_correction_over_hinted_rows(config, refuse)
         room = rollout.prompt_length - config.data.max_prompt_length
         refuse(
             room < lte.min_hint_room_tokens,

@@ -1,8 +1,10 @@
 """LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
 
-- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss in the actor workers, logs LTE's metrics (and the
-  rows the start-up data check dropped, ``recipe.lte.data_check``), and honours ``trainer.v1.sampler.poll_interval``
-  (verl 0.9.1 hard-codes its replay buffer's 2 s poll).
+- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss (and the actor worker that counts each
+  mini-batch's on-policy and hinted tokens) in the actor workers, logs LTE's metrics (and the rows the start-up
+  data check dropped, ``recipe.lte.data_check``), keeps hinted rows out of verl's rollout-vs-training diagnostics,
+  honours ``trainer.v1.sampler.poll_interval`` (verl 0.9.1 hard-codes its replay buffer's 2 s poll), watches the
+  processes a step depends on and stops at a step boundary on request (``recipe/lte/process_watchdog.py``).
 - ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
   keys its semantics on that literal name; a new name would silently switch to async behaviour).
 """
@@ -19,6 +21,7 @@ import ray
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from verl.trainer.main_ppo import TaskRunnerV1
+from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
@@ -26,9 +29,11 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from recipe.lte import core
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.data_check import dropped_metrics
+from recipe.lte.diagnostics import replace_with_on_policy_diagnostics
 from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, actor_names, stall_bound_s
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config, watchdog_config
 from verl_ext.loss.ppo_loss import make_lte_loss_fn
+from verl_ext.loss.training_worker import LTEActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -99,6 +104,14 @@ class LTETrainer(PPOTrainerSync):
                 raise ValueError(f"trainer.v1.sampler.poll_interval={interval}: must be a number of seconds > 0")
             buffer.poll_interval = float(interval)
         return buffer
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        # The actor worker with the mini-batch-wide on-policy / hinted counts (lte.loss.aggregation=separate), in
+        # place of verl's ActorRolloutRefWorker, as verl's own separate-async trainer swaps in its worker.
+        for role in (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(LTEActorRolloutRefWorker)
 
     def on_init_end(self):
         if self.watchdog_cfg.enable:
@@ -218,6 +231,12 @@ class LTETrainer(PPOTrainerSync):
             )
 
         return watched
+
+    def _compute_advantage(self, batch, metrics):
+        batch = super()._compute_advantage(batch, metrics)
+        # verl's rollout-vs-training diagnostics, logged by now, without the hinted rows (recipe/lte/diagnostics.py)
+        replace_with_on_policy_diagnostics(batch, metrics, self.config.algorithm.get("rollout_correction", None))
+        return batch
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics = self._lte_metrics(batch)

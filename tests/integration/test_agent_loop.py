@@ -47,8 +47,10 @@ ORIG_LOGPROB, HINT_LOGPROB = -0.25, -1.5
 class ScriptedLLM:
     """Stand-in for verl's LLM server client (the vLLM boundary). Records every prompt it receives."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, script=SCRIPTS, delays=None):
         self.tokenizer = tokenizer
+        self.script = script
+        self.delays = delays or {}  # problem tag -> seconds each of its generations takes (a slow prompt)
         self.prompts: list[str] = []
         self.counters: dict[tuple[str, bool], int] = {}
 
@@ -57,9 +59,11 @@ class ScriptedLLM:
 
         text = self.tokenizer.decode(prompt_ids)
         self.prompts.append(text)
-        tag = next(t for t in sorted(SCRIPTS, key=len, reverse=True) if t in text)
+        tag = next(t for t in sorted(self.script, key=len, reverse=True) if t in text)
         hinted = HINT_MARK in text
-        _, orig, hint = SCRIPTS[tag]
+        _, orig, hint = self.script[tag]
+        if tag in self.delays:
+            await asyncio.sleep(self.delays[tag])
         if hinted and isinstance(hint, Exception):
             raise hint
         pool = hint if hinted else orig
@@ -71,10 +75,10 @@ class ScriptedLLM:
         return TokenOutput(token_ids=ids, log_probs=[logprob] * len(ids), stop_reason="completed")
 
 
-def _write_dataset(path, tags):
+def _write_dataset(path, tags, script=SCRIPTS):
     rows = []
     for i, tag in enumerate(tags):
-        gt = SCRIPTS[tag][0]
+        gt = script[tag][0]
         rows.append(
             {
                 "data_source": "lte_test",
@@ -87,7 +91,7 @@ def _write_dataset(path, tags):
     pd.DataFrame(rows).to_parquet(path)
 
 
-def _config(tiny_model_dir, data_path, mode):
+def _config(tiny_model_dir, data_path, mode, *overrides):
     import verl_ext.reward.math_reward
     from recipe.lte.main_lte import compose_config
 
@@ -104,6 +108,7 @@ def _config(tiny_model_dir, data_path, mode):
             "reward.num_workers=1",
             f"reward.custom_reward_function.path={verl_ext.reward.math_reward.__file__}",
             f"lte.mode={mode}",
+            *overrides,
         ]
     )
 
@@ -142,12 +147,12 @@ def reward_handles(ray_tq, tiny_model_dir, tmp_path_factory):
     return RewardLoopManager(_config(tiny_model_dir, path, "lte")).reward_loop_worker_handles
 
 
-def _worker(config, reward_handles):
+def _worker(config, reward_handles, script=SCRIPTS, delays=None):
     from recipe.lte.agent_loop import LTEAgentLoopWorker
 
     # In-process instance of the actor class: the scripted client then needs no pickling.
     worker = LTEAgentLoopWorker(config, None, None, reward_handles)
-    worker.llm_client = ScriptedLLM(worker.tokenizer)
+    worker.llm_client = ScriptedLLM(worker.tokenizer, script, delays)
     return worker
 
 
@@ -312,6 +317,110 @@ def test_hint_that_does_not_fit_is_skipped_and_counted(ray_tq, tiny_model_dir, t
     assert len(keys) == N
     assert all(r["lte_extra_status"] == 2 for r in rows.values())  # skipped_too_long
     assert not any(HINT_MARK in p for p in worker.llm_client.prompts)
+
+
+def _rows_by_tag(worker, batch, prefix, tags):
+    listed = asyncio.run(_run(worker, batch, "train"))
+    keys = sorted(k for k in listed if k.startswith(prefix) and k.count("_") == 2)
+    rows = _read(keys, "train")
+    return {tag: [rows[f"{prefix}{i}_{s}_0"] for s in range(N)] for i, tag in enumerate(tags)}
+
+
+# four rescuable groups: every failure answers 5, two of the four hinted answers are right (2 of 4 slots replaced)
+RESCUE = {f"P_R{k}": ("6", ["\\boxed{5}"] * 4, ["\\boxed{6}", "\\boxed{1}"] * 2) for k in range(4)}
+
+
+def test_replacement_choices_repeat_across_runs_and_follow_the_seed(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    """verl draws a fresh uuid4 uid per prompt and step: two identical runs (same data, same step, same lte.seed)
+    differ only in uids and must replace the same slots; another lte.seed replaces other ones."""
+    tags = list(RESCUE)
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags, RESCUE)
+
+    def replaced_slots(seed, prefix):
+        config = _config(tiny_model_dir, data_path, "lte", f"lte.seed={seed}")
+        worker = _worker(config, reward_handles, RESCUE)
+        by_tag = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, prefix), prefix, tags)
+        return {tag: tuple(int(r["lte_replaced"]) for r in rows) for tag, rows in by_tag.items()}
+
+    first, rerun, other_seed = replaced_slots(0, "run1-"), replaced_slots(0, "run2-"), replaced_slots(1, "run3-")
+    assert all(sum(slots) == 2 for slots in first.values()), first
+    assert rerun == first
+    assert other_seed != first
+
+
+def test_slow_answer_deduplication_does_not_hold_up_other_prompts(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles, monkeypatch
+):
+    """The de-duplication's math equivalence blocks (a process-pool call, up to 10 s on bad input). With a slow
+    one, another prompt's rollouts must complete meanwhile, and past lte.hint.dedup_timeout_s the hint falls back
+    to exact-string de-duplication, counted per group."""
+    import time
+
+    import recipe.lte.agent_loop as agent_loop
+    from recipe.lte import core
+
+    calls = []
+
+    def slow_equivalent(a, b, timeout_s=10.0):
+        start = time.monotonic()
+        time.sleep(min(1.0, timeout_s))
+        calls.append((start, time.monotonic()))
+        return False
+
+    monkeypatch.setattr(agent_loop, "answers_equivalent", slow_equivalent)
+    script = {
+        "P_DEDUP": ("9", ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}"], ["\\boxed{9}"] * 4),  # 6 calls
+        "P_SLOW": ("2", ["\\boxed{2}"] * 4, None),  # all pass; each generation takes 1.5 s
+    }
+    tags = list(script)
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags, script)
+    bound = 4.0
+    config = _config(tiny_model_dir, data_path, "lte", f"lte.hint.dedup_timeout_s={bound}")
+    worker = _worker(config, reward_handles, script, delays={"P_SLOW": 1.5})
+    finished = {}
+    run_prompt = worker._run_prompt
+
+    async def timed_run_prompt(prompt, *args, **kwargs):
+        await run_prompt(prompt, *args, **kwargs)
+        finished[prompt["uid"]] = time.monotonic()
+
+    worker._run_prompt = timed_run_prompt
+    by_tag = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, "dd-"), "dd-", tags)
+
+    dedup_start, dedup_end = calls[0][0], calls[-1][1]
+    assert finished["dd-1"] < dedup_end, "P_SLOW's rollouts waited for P_DEDUP's de-duplication"
+    assert dedup_end - dedup_start < bound + 0.5  # no call past the bound
+    assert len(calls) < 6  # the 6 comparisons would take 6 s
+    hinted = next(p for p in worker.llm_client.prompts if HINT_MARK in p)
+    assert "- 1\n- 2\n- 3\n- 4\n" in hinted  # exact-string de-duplication
+    assert [r["lte_dedup_timeout"] for r in by_tag["P_DEDUP"]] == [1.0] * N
+    assert [r["lte_dedup_timeout"] for r in by_tag["P_SLOW"]] == [0.0] * N
+    assert by_tag["P_DEDUP"][0]["lte_extra_status"] == core.EXTRA_STATUS_CODES["ran"]
+
+
+def test_free_text_numbers_are_not_quoted_as_final_answers_unless_asked(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles
+):
+    """Failures without a \\boxed{}: the reward's free-text extraction finds "3", but the model never gave it as its
+    final answer. lte.hint.answer_source=boxed (default): nothing to quote, the group follows no_answer_fallback
+    (concise); =any: the hint lists 3."""
+    from recipe.lte import core
+
+    script = {"P_FREE": ("6", ["x = 3, not sure"] * 4, ["\\boxed{6}"] * 4)}
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, ["P_FREE"], script)
+    kinds, hints = {}, {}
+    for source in ("boxed", "any"):
+        config = _config(tiny_model_dir, data_path, "lte", f"lte.hint.answer_source={source}")
+        worker = _worker(config, reward_handles, script)
+        prefix = f"free-{source}-"
+        rows = _rows_by_tag(worker, _make_batch(config, worker.tokenizer, data_path, prefix), prefix, ["P_FREE"])
+        kinds[source] = rows["P_FREE"][0]["lte_extra_kind"]
+        hints[source] = next(p for p in worker.llm_client.prompts if HINT_MARK in p)
+    assert kinds == {"boxed": core.EXTRA_KIND_CODES["concise"], "any": core.EXTRA_KIND_CODES["hint"]}
+    assert "- 3\n" not in hints["boxed"] and "- 3\n" in hints["any"]
 
 
 @pytest.mark.parametrize("mode", ["lte", "grpo_extra"])

@@ -36,7 +36,10 @@ from recipe.lte.core import (
     classify_truncation,
     code_to_name,
     distinct_wrong_answers,
+    exact_only,
     plan_hint,
+    prompt_identity,
+    quotable_answers,
     render_hint_text,
     render_hinted_messages,
     seeded_rng,
@@ -265,6 +268,39 @@ def test_plan_hint_all_truncated_never_calls_the_grader():
     assert plan_hint(["1", "1"], [True, True], equivalent=boom) == HintPlan(CONCISE)
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("boxed", ["", "\\frac12", "", "7"]),  # free-text extractions are not the model's final answers
+        ("any", ["3", "\\frac12", "", "7"]),
+    ],
+)
+def test_quotable_answers(source, expected):
+    preds, boxed = ["3", "\\frac12", "", "7"], [False, True, False, True]
+    assert quotable_answers(preds, boxed, source) == expected
+
+
+def test_quotable_answers_errors():
+    with pytest.raises(ValueError, match="differ in length"):
+        quotable_answers(["1", "2"], [True], "boxed")
+    with pytest.raises(ValueError, match="answer_source"):
+        quotable_answers(["1"], [True], "text")
+
+
+def test_free_text_answers_of_a_none_truncated_group_follow_the_no_answer_fallback():
+    """Failures that never boxed an answer, "3" pulled from their text: with answer_source=boxed nothing is quoted
+    and no_answer_fallback decides, as for a group with no answer at all."""
+    preds, boxed, trunc = ["3", "3", "4"], [False, False, False], [False] * 3
+    boxed_only = quotable_answers(preds, boxed, "boxed")
+    assert plan_hint(boxed_only, trunc, equivalent=numeric_eq) == HintPlan(CONCISE)
+    assert plan_hint(boxed_only, trunc, equivalent=numeric_eq, no_answer_fallback="skip") is None
+    assert plan_hint(quotable_answers(preds, boxed, "any"), trunc, equivalent=numeric_eq) == HintPlan(HINT, ("3", "4"))
+
+
+def test_exact_only_deduplicates_identical_strings_only():
+    assert distinct_wrong_answers(["5", "5.0", "5", "7"], [False] * 4, equivalent=exact_only) == ["5", "5.0", "7"]
+
+
 def test_plan_hint_empty_group_is_an_error():
     with pytest.raises(ValueError):
         plan_hint([], [], equivalent=numeric_eq)
@@ -469,6 +505,7 @@ def test_default_config_is_valid_and_the_papers():
     assert cfg.pass_threshold == 1.0
     assert cfg.min_failures_kept == 1
     assert cfg.hint.no_answer_fallback == CONCISE
+    assert cfg.hint.answer_source == "boxed" and cfg.hint.dedup_timeout_s == 30.0
     assert cfg.data.on_bad_rows == "error"
     assert LTEConfig.from_dict({"data": {"on_bad_rows": "skip"}}).data.on_bad_rows == "skip"
     assert LTEConfig.from_dict(None) == cfg
@@ -516,6 +553,10 @@ def test_hint_config_templates_not_a_mapping(templates):
         ({"max_answer_chars": 0}, "lte.hint.max_answer_chars"),
         ({"no_answer_fallback": "hint"}, "lte.hint.no_answer_fallback"),
         ({"no_answer_fallback": "Concise"}, "lte.hint.no_answer_fallback"),
+        ({"answer_source": "text"}, "lte.hint.answer_source"),
+        ({"dedup_timeout_s": 0}, "lte.hint.dedup_timeout_s"),
+        ({"dedup_timeout_s": "30"}, "lte.hint.dedup_timeout_s"),
+        ({"dedup_timeout_s": float("inf")}, "lte.hint.dedup_timeout_s"),
     ],
 )
 def test_hint_config_validate_names_the_key(hint_kwargs, key):
@@ -628,6 +669,20 @@ def test_from_dict_accepts_omegaconf():
 # ---------------------------------------------------------------------------------------------------------
 # 5. seeded_rng and choose_replacements
 # ---------------------------------------------------------------------------------------------------------
+
+
+def test_prompt_identity_is_the_prompt_not_the_uid():
+    q = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"}]
+    same = [dict(m) for m in q]
+    assert prompt_identity(q, 7) == prompt_identity(same, 7)
+    assert prompt_identity(q, 7) != prompt_identity(q, 8)  # another dataset row with the same text
+    assert prompt_identity(q, 7) != prompt_identity([q[0], {"role": "user", "content": "What is 2+3?"}], 7)
+    assert prompt_identity(q, 7) != prompt_identity(q[1:], 7)
+    # verl hands raw_prompt as a numpy object array of dicts, and the index as a numpy integer
+    import numpy as np
+
+    assert prompt_identity(np.array(q, dtype=object), np.int64(7)) == prompt_identity(q, 7)
+
 
 RNG_KEYS = [(0,), (0, 3, "uid-a"), (1, 3, "uid-a"), (0, 4, "uid-a"), (0, 3, "uid-b"), (0, 3, "uid-a", 1)]
 
@@ -749,15 +804,17 @@ def test_choose_replacements_does_not_mutate_inputs():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, first):
+def _row(uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, *rest):
     return RowInfo(
-        uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, first
+        uid, passed, orig_passed, replaced, off_policy, group_class, kind, status, correct, tokens, seconds, *rest
     )
 
 
-def _group(uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0, first=100):
+def _group(
+    uid, flags, group_class, kind="none", status="not_needed", correct=0, tokens=0, seconds=0.0, first=100, dedup=False
+):
     """flags: one (passed, orig_passed, replaced, off_policy) per row; the group fields repeat on every row."""
-    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds, first) for f in flags]
+    return [_row(uid, *f, group_class, kind, status, correct, tokens, seconds, first, dedup) for f in flags]
 
 
 ON_PASS = (True, True, False, False)
@@ -772,8 +829,8 @@ def _batch() -> list[RowInfo]:
         _group("b", [ON_PASS, ON_FAIL, ON_PASS, ON_FAIL], SOME_PASS),
         # none-pass, hinted, 3 correct extras replace 3 of 4 failures (min_failures_kept = 1)
         _group("c", [HINTED_IN, ON_FAIL, HINTED_IN, HINTED_IN], NONE_PASS, HINT, "ran", 3, 1200, 2.5, first=1300),
-        # none-pass, concise hint ran, nothing correct
-        _group("d", [ON_FAIL] * 4, NONE_PASS, CONCISE, "ran", 0, 800, 1.5),
+        # none-pass, concise hint ran, nothing correct; its answers' de-duplication timed out
+        _group("d", [ON_FAIL] * 4, NONE_PASS, CONCISE, "ran", 0, 800, 1.5, dedup=True),
         # none-pass, hint did not fit: no generation, its kind must not count as a run
         _group("e", [ON_FAIL] * 4, NONE_PASS, HINT, "skipped_too_long", 0, 0, 0.0),
         # none-pass, extra phase raised: its (partial) tokens and time must not count
@@ -825,6 +882,7 @@ def test_step_metrics_hand_computed():
         "lte/extra/tokens": 2500,  # 1200 + 800 + 500
         "lte/first/tokens": 2100,  # 8 groups * 100 + c's 1300: every group's first phase, also those skipped
         "lte/extra/token_share": 2500 / 2100,
+        "lte/extra/dedup_timeouts": 1,  # d (a group, not its 4 rows)
         "lte/extra/seconds_max": 2.5,
         "lte/extra/seconds_mean": 1.5,  # (2.5 + 1.5 + 0.5) / 3
         "lte/on_policy_acc": 6 / 36,  # a: 4, b: 2 originally passed
@@ -848,7 +906,7 @@ def test_step_metrics_no_extra_phase_ran():
     assert got["extra/ran"] == 0
     assert "extra/rescue_rate" not in got
     assert "extra/seconds_max" not in got and "extra/seconds_mean" not in got
-    assert got["extra/tokens"] == 0
+    assert got["extra/tokens"] == 0 and got["extra/dedup_timeouts"] == 0
     assert got["first/tokens"] == 200 and got["extra/token_share"] == 0.0
     assert step_metrics(_group("z", [ON_FAIL], NONE_PASS, first=0), prefix="")["extra/token_share"] == 0.0
     assert got["groups/none_pass_before"] == got["groups/none_pass_after"] == 1

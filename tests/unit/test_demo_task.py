@@ -60,7 +60,8 @@ def test_ground_truths_score_one_with_the_reward():
             assert out["score"] == 1.0 and out["pred"] == p.answer, (name, p, out)
         assert score(task.DATA_SOURCE, task.short_response(p.decoy), p.answer)["score"] == 0.0
     # truncated filler (no box): no answer, score 0
-    assert score(task.DATA_SOURCE, task.FILLER * 3, "6") == {"score": 0.0, "acc": False, "pred": ""}
+    no_answer = {"score": 0.0, "acc": False, "pred": "", "pred_boxed": False}
+    assert score(task.DATA_SOURCE, task.FILLER * 3, "6") == no_answer
 
 
 def test_tier_shares_are_fixed():

@@ -24,6 +24,7 @@ from loss_reference import (
     make_batch,
     to_tensors,
 )
+from tensordict import TensorDict
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn
 from verl.trainer.ppo.padding_utils import SYNTHETIC_PADDING_SEQ_LEN
 from verl.utils import tensordict_utils as tu
@@ -36,13 +37,16 @@ from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.losses import ppo_loss
 
 from verl_ext.loss.config import LOSS_MODE, LTELossConfig, check_loss_config
+from verl_ext.loss.mixed_policy import PartCounts
 from verl_ext.loss.ppo_loss import (
     OFF_POLICY_FIELD,
+    PART_COUNTS_FIELD,
     compute_mixed_policy_loss,
     lte_ppo_loss,
     make_lte_loss_fn,
     register_lte_policy_loss,
 )
+from verl_ext.loss.training_worker import attach_part_counts, local_part_counts
 
 
 def run_mixed(t, **kwargs):
@@ -91,14 +95,18 @@ def test_separate_normalisers_match_hand(mode, agg):
     want_loss, want_grad = hand_mixed(batch, mode, agg, aggregation="separate")
     assert loss.item() == pytest.approx(want_loss, rel=1e-9)
     torch.testing.assert_close(grad, torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
-    # with verl's global info for a mini-batch that is this one micro-batch, the estimate is exact
+    # with verl's global info for a mini-batch that is this one micro-batch, and its part counts (by hand: rows
+    # 1, 3, 6 hinted with 5 + 6 + 4 tokens; rows 0, 2, 5 on-policy with 7 + 3 + 2; row 4 is padding)
     t = to_tensors(batch)
     n_tok, n_rows = int(t["mask"].sum()), int((t["mask"].sum(-1) > 0).sum())
     info = {"dp_size": 1, "batch_num_tokens": n_tok, "global_batch_size": n_rows, "loss_scale_factor": None}
+    counts = PartCounts(on_tokens=12, off_tokens=15, on_rows=3, off_rows=3)
     loss_g, grad_g, _ = run_mixed(t, off_policy_mode=mode, loss_agg_mode=agg, aggregation="separate",
-                                  global_batch_info=info)  # fmt: skip
+                                  global_batch_info=info, part_counts=counts)  # fmt: skip
     assert loss_g.item() == pytest.approx(want_loss, rel=1e-9)
     torch.testing.assert_close(grad_g, grad, rtol=1e-9, atol=1e-12)
+    with pytest.raises(RuntimeError, match="on-policy and hinted counts"):
+        run_mixed(t, off_policy_mode=mode, loss_agg_mode=agg, aggregation="separate", global_batch_info=info)
 
 
 def test_separate_with_an_empty_part_is_finite():
@@ -251,11 +259,12 @@ def test_registered_lte_mixed_refuses_to_run_without_the_lte_loss_fn():
 # once through verl's real ppo_loss, on micro-batches built the way verl builds them
 
 
-def tq_mini_batch(specs, seed=0, micro_batch_size=2):
+def tq_rows(specs, seed=0):
     """Rows as the agent loop writes them to TransferQueue (AgentLoopOutput.as_dict + _agent_loop_postprocess),
-    plus the fields the trainer adds (old_log_probs, ref_log_prob, advantages: nested per response), a verl
+    plus the fields the trainer adds (old_log_probs, ref_log_prob, advantages: nested per response) and a verl
     synthetic padding row (padding_utils.construct_minimal_padding_template: 1-token response, mask 0, flag copied
-    from row 0), then the engine's global token count and verl's own micro-batch split."""
+    from row 0). Two test-only fields travel with each row: `row_id` and `seq_log_probs` (the model's per-position
+    log-probs of the whole sequence, so a micro-batch's model output does not depend on how rows were cut)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for prompt_len, resp_len, off in specs:
@@ -276,6 +285,7 @@ def tq_mini_batch(specs, seed=0, micro_batch_size=2):
                 "old_log_probs": -torch.rand(resp_len, generator=g) * 3,
                 "ref_log_prob": -torch.rand(resp_len, generator=g) * 3,
                 "advantages": torch.full((resp_len,), float(torch.randn((), generator=g))),
+                "seq_log_probs": -torch.rand(input_ids.numel(), generator=g) * 3,
             }
         )
     pad = {k: v.clone() for k, v in rows[0].items()}
@@ -285,14 +295,36 @@ def tq_mini_batch(specs, seed=0, micro_batch_size=2):
     pad.update(prompts=pad_prompts, responses=pad_resp, response_mask=zeros, loss_mask=zeros,
                input_ids=torch.cat([pad_prompts, pad_resp]), position_ids=torch.arange(SYNTHETIC_PADDING_SEQ_LEN),
                rollout_log_probs=torch.zeros(1), old_log_probs=torch.zeros(1), ref_log_prob=torch.zeros(1),
-               advantages=torch.zeros(1))  # fmt: skip
+               advantages=torch.zeros(1), seq_log_probs=-torch.ones(SYNTHETIC_PADDING_SEQ_LEN))  # fmt: skip
     rows.append(pad)
+    for i, r in enumerate(rows):
+        r["row_id"] = torch.tensor(i)
+    return rows
+
+
+def engine_split(rows, *, dp_size=1, batch_num_tokens=None, counts=True, **split):
+    """One rank's mini-batch as verl's engine gets it, cut into micro-batches by verl's own prepare_micro_batches:
+    LTETrainingWorker.train_batch's part counts (unless `counts` is False, or a given PartCounts: the DP sum), then
+    what FSDPEngine.forward_backward_batch assigns before splitting. `split`: use_dynamic_bsz and
+    micro_batch_size_per_gpu or max_token_len_per_gpu."""
     data = list_of_dict_to_tensordict(rows)
-    # what FSDPEngine.forward_backward_batch assigns before splitting (dp_size 1 here)
-    tu.assign_non_tensor(data, batch_num_tokens=int(data["loss_mask"].values().sum()), dp_size=1)
-    tu.assign_non_tensor(data, global_batch_size=len(rows), use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
+    split = {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 2} | split
+    tu.assign_non_tensor(data, global_batch_size=len(rows), **split)
+    if counts is True:
+        attach_part_counts(data, dp_group=None)
+    elif counts:
+        tu.assign_non_tensor(data, **{PART_COUNTS_FIELD: tuple(counts)})
+    if batch_num_tokens is None:
+        batch_num_tokens = int(data["loss_mask"].values().sum())
+    tu.assign_non_tensor(data, batch_num_tokens=batch_num_tokens, dp_size=dp_size)
     micro_batches, _ = prepare_micro_batches(data, dp_group=None, same_micro_num_in_dp=True)
-    return rows, micro_batches
+    return micro_batches
+
+
+def tq_mini_batch(specs, seed=0, micro_batch_size=2):
+    """`tq_rows` cut by verl into micro-batches of `micro_batch_size` rows."""
+    rows = tq_rows(specs, seed)
+    return rows, engine_split(rows, micro_batch_size_per_gpu=micro_batch_size)
 
 
 def model_output_for(micro_batch, seed):
@@ -438,3 +470,216 @@ def test_make_lte_loss_fn_from_verls_composed_config():
     _, out = model_output_for(mbs[0], 0)
     loss, metrics = fn(model_output=out, data=mbs[0], dp_group=None)
     assert torch.isfinite(loss) and "actor/lte/off_policy_tokens" in metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# aggregation=separate through verl: Z and Z' are the whole mini-batch's, however verl cuts it
+
+
+def run_cut(loss_fn, micro_batches):
+    """Summed micro-batch losses and, per row id, d(sum)/d(the model's per-position log-probs of that row)."""
+    total, grads = 0.0, {}
+    for mb in micro_batches:
+        values = mb["seq_log_probs"].values().detach().clone().requires_grad_(True)
+        offsets = mb["input_ids"].offsets()
+        out = {"log_probs": torch.nested.nested_tensor_from_jagged(values, offsets=offsets)}
+        loss, _ = loss_fn(model_output=out, data=mb, dp_group=None)
+        loss.backward()
+        total += loss.item()
+        bounds = offsets.tolist()
+        for i, rid in enumerate(mb["row_id"].tolist()):
+            grads[rid] = values.grad[bounds[i] : bounds[i + 1]]
+    return total, grads
+
+
+def hand_rows(rows, weight):
+    """sum over rows and response tokens of weight(row) * token loss (hand_off for hinted rows, hand_ppo otherwise),
+    and its gradient on each row's per-position log-probs (position P-1+t predicts response token t)."""
+    loss, grads = 0.0, {}
+    for i, r in enumerate(rows):
+        lp = r["seq_log_probs"].tolist()
+        g = [0.0] * len(lp)
+        p_len = len(r["prompts"])
+        for t in range(len(r["responses"])):
+            if not r["response_mask"][t]:
+                continue
+            pos, a = p_len - 1 + t, r["advantages"][t].item()
+            if r[OFF_POLICY_FIELD]:
+                tok_loss, tok_grad = hand_off(lp[pos], r["rollout_log_probs"][t].item(), a)
+            else:
+                tok_loss, tok_grad = hand_ppo(lp[pos], r["old_log_probs"][t].item(), a)
+            loss += weight(i) * tok_loss
+            g[pos] = weight(i) * tok_grad
+        grads[i] = g
+    return loss, grads
+
+
+def hand_separate(rows, agg):
+    """The paper's 1/Z' (hinted) + 1/Z (on-policy) over the whole mini-batch, as per-row weights by hand."""
+    lens = [int(r["response_mask"].sum()) for r in rows]
+    hinted = [bool(r[OFF_POLICY_FIELD]) and n > 0 for r, n in zip(rows, lens, strict=True)]
+    tokens = {h: sum(n for n, x in zip(lens, hinted, strict=True) if x == h) for h in (False, True)}
+    n_rows = {h: sum(1 for n, x in zip(lens, hinted, strict=True) if x == h and n > 0) for h in (False, True)}
+
+    def weight(i):
+        if agg == "token-mean":
+            return 1.0 / tokens[hinted[i]]
+        per_row = 1.0 / lens[i] if agg == "seq-mean-token-mean" else 1.0
+        return per_row / n_rows[hinted[i]]
+
+    return hand_rows(rows, weight)
+
+
+def assert_matches_hand(total, grads, want_loss, want_grads):
+    assert total == pytest.approx(want_loss, rel=2e-5)
+    assert sorted(grads) == sorted(want_grads)
+    for rid, g in grads.items():
+        torch.testing.assert_close(g, torch.tensor(want_grads[rid]), rtol=2e-5, atol=1e-9)
+
+
+CUTS = [
+    {"micro_batch_size_per_gpu": 1},
+    {"micro_batch_size_per_gpu": 2},
+    {"micro_batch_size_per_gpu": 3},
+    {"micro_batch_size_per_gpu": 6},
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 128},  # the padding row alone is 128 tokens
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 150},
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 4096},
+]
+SEPARATE_SPECS = [(5, 6, 0), (3, 40, 1), (6, 2, 0), (4, 7, 1), (2, 25, 0)]  # (prompt_len, response_len, hinted)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+@pytest.mark.parametrize("cut", CUTS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_separate_through_verl_matches_hand_for_every_micro_batch_cut(cut, agg):
+    """Fixed-size and token-budget (dynamic bsz) micro-batches, verl's own prepare_micro_batches: the summed loss and
+    every gradient are the hand computation over the whole mini-batch, so they do not depend on the cut."""
+    rows = tq_rows(SEPARATE_SPECS, seed=5)
+    lte = make_lte_loss_fn(actor_config(agg, loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    total, grads = run_cut(lte, engine_split(rows, **cut))
+    assert_matches_hand(total, grads, *hand_separate(rows, agg))
+
+
+def nested_mini_batch(rows, **split):
+    """One rank's mini-batch (dp_size 1) as the engine gets it, uncut: per-row vectors nested, as TransferQueue hands
+    them (equal lengths would otherwise stack densely), verl's global batch info, LTETrainingWorker's part counts,
+    and the split settings `split` for verl's prepare_micro_batches."""
+    data = TensorDict(
+        {k: torch.nested.as_nested_tensor([r[k] for r in rows], layout=torch.jagged) if rows[0][k].dim() else torch.stack([r[k] for r in rows]) for k in rows[0]},
+        batch_size=[len(rows)],
+    )  # fmt: skip
+    n_tokens = sum(int(r["loss_mask"].sum()) for r in rows)
+    tu.assign_non_tensor(data, global_batch_size=len(rows), batch_num_tokens=n_tokens, dp_size=1, **split)
+    attach_part_counts(data)
+    return data
+
+
+def set_partitions(items):
+    """Every way of cutting `items` into non-empty groups (order of groups and within a group aside)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_separate_is_the_same_for_every_partition_of_the_mini_batch(agg):
+    """Every one of the 52 ways of cutting a 5-row mini-batch (2 on-policy and 2 hinted rows, and verl's padding
+    row) into micro-batches, contiguous or not (verl's dynamic batch size regroups rows by length): the summed loss
+    and every gradient are the hand computation over the whole mini-batch."""
+    rows = tq_rows(SEPARATE_SPECS[:4], seed=5)
+    data = nested_mini_batch(rows)
+    lte = make_lte_loss_fn(actor_config(agg, loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    want = hand_separate(rows, agg)
+    partitions = list(set_partitions(list(range(len(rows)))))
+    assert len(partitions) == 52  # the Bell number B5
+    for blocks in partitions:
+        cut = [tu.index_select_tensor_dict(data, torch.tensor(block)) for block in blocks]
+        assert_matches_hand(*run_cut(lte, cut), *want)
+
+
+EXAMPLE_SPLITS = [
+    {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 1},
+    {"use_dynamic_bsz": False, "micro_batch_size_per_gpu": 3},
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 104},  # a row is 4 prompt + 100 response tokens
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 208},  # two micro-batches: 2 rows and 1, as in the issue
+    {"use_dynamic_bsz": True, "max_token_len_per_gpu": 4096},
+]
+
+
+def test_separate_weights_of_the_issue_example_for_every_cut():
+    """Rows A (hinted, 100 tokens), B, C (on-policy, 100 each): A weighs 1/100, B and C 1/200 each, whatever the
+    micro-batches -- each of the 5 partitions of {A, B, C} (the issue's [A, B] [C] among them: per-micro-batch
+    estimates gave A 1/150, B 1/150, C 1/300), and verl's own cuts with and without dynamic batch size."""
+    rows = tq_rows([(4, 100, 1), (4, 100, 0), (4, 100, 0)], seed=6)[:3]  # no padding row: exactly the example
+    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    want = hand_rows(rows, lambda i: (1 / 100, 1 / 200, 1 / 200)[i])
+    data = nested_mini_batch(rows)
+    assert tu.get_non_tensor_data(data, PART_COUNTS_FIELD, None) == (200, 100, 2, 1)
+    partitions = list(set_partitions([0, 1, 2]))
+    assert len(partitions) == 5 and [[0, 1], [2]] in partitions
+    for blocks in partitions:
+        assert_matches_hand(*run_cut(lte, [tu.index_select_tensor_dict(data, torch.tensor(b)) for b in blocks]), *want)
+    sizes = []
+    for split in EXAMPLE_SPLITS:
+        micro_batches, _ = prepare_micro_batches(nested_mini_batch(rows, **split), dp_group=None)
+        sizes.append(sorted(len(mb) for mb in micro_batches))
+        assert_matches_hand(*run_cut(lte, micro_batches), *want)
+    assert sizes == [[1, 1, 1], [3], [1, 1, 1], [1, 2], [3]]
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        ({"micro_batch_size_per_gpu": 1}, {"micro_batch_size_per_gpu": 3}),
+        ({"use_dynamic_bsz": True, "max_token_len_per_gpu": 150}, {"micro_batch_size_per_gpu": 1}),
+    ],
+    ids=["fixed", "dynamic"],
+)
+def test_separate_with_two_dp_ranks_matches_hand(cuts, agg):
+    """DP size 2, simulated: each rank holds half of the mini-batch (the hinted rows unevenly spread), its counts are
+    summed over the ranks (the all-reduce of attach_part_counts), verl's loss scales by dp_size and FSDP averages the
+    ranks' gradients. The result is the hand computation over the whole mini-batch."""
+    rows = tq_rows(SEPARATE_SPECS, seed=7)
+    halves = (rows[:3], rows[3:])  # rank 0: one hinted of 3 rows; rank 1: one hinted + the padding row
+    counts = PartCounts(*(sum(c) for c in zip(*(local_part_counts(list_of_dict_to_tensordict(h)).tolist() for h in halves), strict=True)))  # fmt: skip
+    n_tokens = sum(int(r["loss_mask"].sum()) for r in rows)
+    lte = make_lte_loss_fn(actor_config(agg, loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    total, grads = 0.0, {}
+    for half, cut in zip(halves, cuts, strict=True):
+        mbs = engine_split(half, dp_size=2, batch_num_tokens=n_tokens, counts=counts, **cut)
+        rank_total, rank_grads = run_cut(lte, mbs)
+        total += rank_total / 2  # FSDP averages gradients (and verl's loss metric) over the DP ranks
+        grads.update({rid: g / 2 for rid, g in rank_grads.items()})  # row ids are the mini-batch's
+    assert_matches_hand(total, grads, *hand_separate(rows, agg))
+
+
+def test_separate_through_verl_without_the_mini_batch_counts_is_refused():
+    """Inside verl (global batch info present) a micro-batch without its mini-batch's counts must not fall back to an
+    estimate: the LTE actor worker is missing."""
+    rows = tq_rows(SEPARATE_SPECS)
+    lte = make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), {"aggregation": "separate"})
+    with pytest.raises(RuntimeError, match="LTEActorRolloutRefWorker"):
+        run_cut(lte, engine_split(rows, counts=False))
+    # aggregation=global needs no counts
+    run_cut(make_lte_loss_fn(actor_config(loss_mode=LOSS_MODE), {}), engine_split(rows, counts=False))
+
+
+def test_the_lte_actor_worker_is_verls_with_the_counting_training_worker():
+    """What the LTE trainer puts in place of verl's ActorRolloutRefWorker: verl's worker whose actor class is
+    LTETrainingWorker; its train_batch keeps verl's dispatch registration (the e2e run trains through it)."""
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
+
+    from verl_ext.loss.training_worker import LTEActorRolloutRefWorker, LTETrainingWorker
+
+    assert issubclass(LTEActorRolloutRefWorker, ActorRolloutRefWorker)
+    assert LTEActorRolloutRefWorker.actor_worker_cls is LTETrainingWorker
+    assert LTEActorRolloutRefWorker.ref_worker_cls is TrainingWorker
+    assert issubclass(LTETrainingWorker, TrainingWorker)
+    assert getattr(LTETrainingWorker.train_batch, MAGIC_ATTR) == getattr(TrainingWorker.train_batch, MAGIC_ATTR)

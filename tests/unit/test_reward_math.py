@@ -69,9 +69,22 @@ def test_extract_answer(text, expected):
 
 def test_pred_is_what_the_model_wrote():
     out = compute_score("math", boxed("0.50"), "\\frac{1}{2}")
-    assert out == {"score": 1.0, "acc": True, "pred": "0.50"}
+    assert out == {"score": 1.0, "acc": True, "pred": "0.50", "pred_boxed": True}
     out = compute_score("math", boxed("\\dfrac{3}{4}"), "\\frac{1}{2}")
-    assert out == {"score": 0.0, "acc": False, "pred": "\\dfrac{3}{4}"}
+    assert out == {"score": 0.0, "acc": False, "pred": "\\dfrac{3}{4}", "pred_boxed": True}
+
+
+def test_pred_boxed_says_whether_the_model_gave_the_answer_as_final():
+    """A number pulled from free text is not the model's final answer: pred_boxed tells the hint (lte.hint.answer_source)."""
+    free = "so x = 3 ... not sure"
+    assert compute_score("math", free, "6")["pred_boxed"] is False
+    assert compute_score("math", free, "6", allow_unboxed=False)["pred_boxed"] is False
+    assert compute_score("math", "", "6") == {"score": 0.0, "acc": False, "pred": "", "pred_boxed": False}
+    assert compute_score("math", free + " " + boxed("4"), "6")["pred_boxed"] is True
+    # a final answer stated after the last box is given as final; the same phrase without any box is free text
+    assert compute_score("math", BOXES_THEN_FINAL, "6")["pred_boxed"] is True
+    no_box = "It might be 10,455.\nFinal Answer: The final answer is $10,455$. I hope it is correct."
+    assert compute_score("math", no_box, "6") == {"score": 0.0, "acc": False, "pred": "10,455", "pred_boxed": False}
 
 
 # ---------------------------------------------------------------- the four classes of issue #13
@@ -84,21 +97,36 @@ BOXES_THEN_FINAL = (
 
 
 def test_several_boxes_are_one_answer():
-    assert compute_score("math", TWO_BOXES, "(2, 2), (6, 2)") == {"score": 1.0, "acc": True, "pred": "(2, 2), (6, 2)"}
+    assert compute_score("math", TWO_BOXES, "(2, 2), (6, 2)") == {
+        "score": 1.0,
+        "acc": True,
+        "pred": "(2, 2), (6, 2)",
+        "pred_boxed": True,
+    }
     assert compute_score("math", TWO_BOXES, "(6, 2), (2, 2)")["score"] == 1.0  # a set: any order
     assert compute_score("math", TWO_BOXES, "(6, 2)")["score"] == 0.0  # half the answer is not the answer
     one_box_too_few = "The pairs are $\\boxed{(2, 2)}$."
     assert compute_score("math", one_box_too_few, "(2, 2), (6, 2)")["score"] == 0.0
     hedged = "It is \\boxed{4} or \\boxed{5}."
-    assert compute_score("math", hedged, "4") == {"score": 0.0, "acc": False, "pred": "4, 5"}
+    assert compute_score("math", hedged, "4") == {"score": 0.0, "acc": False, "pred": "4, 5", "pred_boxed": True}
     swapped = "So $x = \\boxed{3}$ and $y = \\boxed{2}$."
-    assert compute_score("math", swapped, "x = 2, y = 3") == {"score": 0.0, "acc": False, "pred": "x = 3, y = 2"}
+    assert compute_score("math", swapped, "x = 2, y = 3") == {
+        "score": 0.0,
+        "acc": False,
+        "pred": "x = 3, y = 2",
+        "pred_boxed": True,
+    }
     assert compute_score("math", swapped, "x = 3, y = 2")["score"] == 1.0
 
 
 @pytest.mark.parametrize("written", ["28 pct", "28 percent", "28 percentage", "28\\text{ percent}", "28 \\%", "28%"])
 def test_percent_words_in_the_box(written):
-    assert compute_score("math", boxed(written), "28\\%") == {"score": 1.0, "acc": True, "pred": written}
+    assert compute_score("math", boxed(written), "28\\%") == {
+        "score": 1.0,
+        "acc": True,
+        "pred": written,
+        "pred_boxed": True,
+    }
     assert compute_score("math", boxed(written), "28")["score"] == 1.0
     assert compute_score("math", boxed(written.replace("28", "29")), "28\\%")["score"] == 0.0
 
@@ -120,13 +148,19 @@ def test_percent_is_also_a_fraction_of_100(gold, answer, expected):
 
 
 def test_a_final_answer_written_after_the_boxes_wins():
-    assert compute_score("math", BOXES_THEN_FINAL, "10455") == {"score": 1.0, "acc": True, "pred": "10,455"}
+    assert compute_score("math", BOXES_THEN_FINAL, "10455") == {
+        "score": 1.0,
+        "acc": True,
+        "pred": "10,455",
+        "pred_boxed": True,
+    }
     assert compute_score("math", BOXES_THEN_FINAL, "255")["score"] == 0.0
     # only boxes count when the caller says so
     assert compute_score("math", BOXES_THEN_FINAL, "255", allow_unboxed=False) == {
         "score": 1.0,
         "acc": True,
         "pred": "255",
+        "pred_boxed": True,
     }
 
 
@@ -318,8 +352,9 @@ def test_non_string_ground_truths():
 
 def test_unboxed_fallback_is_configurable():
     text = "After all this, the answer is 42"
-    assert compute_score("math", text, "42") == {"score": 1.0, "acc": True, "pred": "42"}
-    assert compute_score("math", text, "42", allow_unboxed=False) == {"score": 0.0, "acc": False, "pred": "42"}
+    want = {"score": 1.0, "acc": True, "pred": "42", "pred_boxed": False}
+    assert compute_score("math", text, "42") == want
+    assert compute_score("math", text, "42", allow_unboxed=False) == want | {"score": 0.0, "acc": False}
 
 
 # ---------------------------------------------------------------- the real ground truths
@@ -392,7 +427,7 @@ def test_hanging_expression_is_bounded():
     t0 = time.monotonic()
     out = compute_score("math", boxed(HANG), "5", timeout_s=2.0)
     elapsed = time.monotonic() - t0
-    assert out == {"score": 0.0, "acc": False, "pred": HANG}
+    assert out == {"score": 0.0, "acc": False, "pred": HANG, "pred_boxed": True}
     assert pool.restarts == restarts + 1  # the worker really missed its deadline and was killed
     assert elapsed < 30  # generous: the bound is 2 s plus a worker restart, not the hang
     # The pool still works afterwards.
@@ -424,7 +459,8 @@ def test_hang_in_answers_equivalent_is_bounded():
 )
 def test_garbage_never_raises(solution, caplog):
     out = compute_score("math", solution, "3")
-    assert set(out) == {"score", "acc", "pred"} and isinstance(out["pred"], str)
+    assert set(out) == {"score", "acc", "pred", "pred_boxed"} and isinstance(out["pred"], str)
+    assert isinstance(out["pred_boxed"], bool)
     if not (isinstance(solution, str) and solution.endswith("\\boxed{3}")):
         assert out["score"] == 0.0 and out["acc"] is False
     else:

@@ -8,6 +8,8 @@ import pytest
 from recipe.lte.main_lte import compose_config, prepare_config
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
 
+IS_TOKEN = ["algorithm.rollout_correction.rollout_is=token"]
+
 
 def _cfg(*overrides: str):
     return compose_config(["actor_rollout_ref.model.path=/models/any", *overrides])
@@ -50,6 +52,9 @@ def test_every_arm_composes(mode):
         (["lte.loss.gamma=0"], "lte.loss.gamma"),
         (["lte.loss.off_policy_mode=bogus"], "lte.loss.off_policy_mode"),
         (["+lte.typo=1"], "lte.typo"),
+        (["lte.hint.answer_source=text"], "lte.hint.answer_source"),
+        (IS_TOKEN + ["algorithm.rollout_correction.rollout_is_batch_normalize=true"], "rollout_is_batch_normalize"),
+        (IS_TOKEN + ["lte.loss.off_policy_mode=on_policy"], "algorithm.rollout_correction.rollout_is"),
     ],
 )
 def test_startup_refusals_name_the_key(overrides, key):
@@ -61,6 +66,14 @@ def test_hint_room_is_only_required_when_hints_are_sent():
     check_config(_cfg("lte.mode=grpo_extra", "actor_rollout_ref.rollout.prompt_length=1024"))
     with pytest.raises(ValueError, match="at least 1280"):
         check_config(_cfg("actor_rollout_ref.rollout.prompt_length=1024"))
+
+
+def test_rollout_is_weights_that_leave_hinted_rows_alone_are_allowed():
+    """Per-token / per-sequence IS weights of on-policy rows do not depend on hinted rows (the loss does not apply
+    them to hinted rows); batch normalisation is fine where no row is hinted."""
+    check_config(_cfg(*IS_TOKEN))
+    check_config(_cfg("algorithm.rollout_correction.rollout_is=sequence"))
+    check_config(_cfg(*IS_TOKEN, "algorithm.rollout_correction.rollout_is_batch_normalize=true", "lte.mode=grpo_extra"))
 
 
 def test_luffy_mode_does_not_need_rollout_log_probs():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -220,6 +221,31 @@ def mixed_token_losses(
         )  # fmt: skip
     terms.token_mask, terms.off_rows, terms.has_off = token_mask, off_rows, has_off
     return terms
+
+
+class PartCounts(NamedTuple):
+    """Loss tokens and responses of the on-policy and the hinted part of a mini-batch (all micro-batches, all DP
+    ranks): the normalisers Z, Z' of ``lte.loss.aggregation=separate``."""
+
+    on_tokens: int
+    off_tokens: int
+    on_rows: int
+    off_rows: int
+
+
+def count_parts(response_mask: torch.Tensor, off_policy_mask: torch.Tensor) -> torch.Tensor:
+    """[on_tokens, off_tokens, on_rows, off_rows] (int64) of one rank's rows, as ``mixed_token_losses`` splits them:
+    a row is hinted when flagged and it has a loss token (a padding row flagged 1 counts nowhere).
+
+    Args:
+        response_mask: [B, T] padded loss mask.
+        off_policy_mask: [B] bool (or 0/1), True for hinted rows.
+    """
+    tokens = response_mask.bool().sum(dim=-1)
+    has_tokens = tokens > 0
+    off = off_policy_mask.bool() & has_tokens
+    on = ~off
+    return torch.stack([tokens[on].sum(), tokens[off].sum(), (on & has_tokens).sum(), off.sum()]).to(torch.int64)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 from tensordict import TensorDict
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.core_algos import agg_loss
+from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 
@@ -35,12 +36,16 @@ from verl_ext.loss.mixed_policy import (
     M_OFF_TOKENS,
     M_ON_TOKENS,
     VERL_METRICS,
+    PartCounts,
+    count_parts,
     mixed_policy_metrics,
     mixed_token_losses,
 )
 
 OFF_POLICY_FIELD = "lte_off_policy"  # per-row 0-d float32 written by the rollout stage: 1.0 = hinted, 0.0 otherwise
 BEHAVIOR_LOG_PROB_FIELD = "rollout_log_probs"  # verl's field, filled when rollout.calculate_log_probs=true
+# non-tensor entry of each micro-batch: PartCounts of its whole mini-batch, attached by LTETrainingWorker
+PART_COUNTS_FIELD = "lte_part_counts"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -64,6 +69,7 @@ def compute_mixed_policy_loss(
     loss_agg_mode: str = "token-mean",
     aggregation: str = "global",
     global_batch_info: dict | None = None,
+    part_counts: PartCounts | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """LTE mixed-policy loss of one micro-batch, aggregated with verl's `agg_loss`.
 
@@ -78,6 +84,7 @@ def compute_mixed_policy_loss(
         gamma, off_policy_mode, aggregation: see LTELossConfig.
         loss_agg_mode, global_batch_info: passed to verl's agg_loss (dp_size, batch_num_tokens,
             global_batch_size, loss_scale_factor), so the normalisation across micro-batches and ranks stays verl's.
+        part_counts: aggregation="separate" only: Z, Z' of the whole mini-batch (see `_separate_agg`).
 
     Returns:
         (loss, metrics): metrics are plain floats of this micro-batch. verl's three (pg_clipfrac, ppo_kl,
@@ -99,44 +106,50 @@ def compute_mixed_policy_loss(
             loss_mat=terms.losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_batch_info
         )
     else:
-        row_off = terms.off_rows.unsqueeze(-1)
-        parts = (terms.token_mask & ~row_off, terms.token_mask & row_off)
-        pg_loss = _separate_agg(terms.losses, terms.token_mask, parts, loss_agg_mode, global_batch_info)
+        pg_loss = _separate_agg(
+            terms.losses, terms.token_mask, terms.off_rows, loss_agg_mode, global_batch_info, part_counts
+        )
     return pg_loss, mixed_policy_metrics(terms, log_prob, behavior_log_prob)
 
 
 def _separate_agg(
     losses: torch.Tensor,
     token_mask: torch.Tensor,
-    part_masks: tuple[torch.Tensor, ...],
+    off_rows: torch.Tensor,
     loss_agg_mode: str,
     global_batch_info: dict,
+    part_counts: PartCounts | None,
 ) -> torch.Tensor:
-    """Sum over parts of agg_loss(part) with the part's own normaliser (tokens for token-mean, rows for seq-mean).
+    """agg_loss over the on-policy part with its normaliser Z plus agg_loss over the hinted part with Z' (loss tokens
+    for token-mean, responses for the seq-mean modes).
 
-    The global part counts (Z, Z') are not available inside a micro-batch: verl gives only the global total
-    (batch_num_tokens / global_batch_size). Each part's count is estimated as total * (part's share of this
-    micro-batch), exact when a micro-batch is the whole mini-batch of a rank and DP ranks have equal shares.
-    Without global info (single process), the micro-batch's own part counts are used, as agg_loss does.
+    Z and Z' are the whole mini-batch's (all micro-batches, all DP ranks): `part_counts`, counted by
+    `LTETrainingWorker` before verl cuts the mini-batch into micro-batches, so the loss does not depend on the cut.
+    Without them, only a single process's call with no global batch info is allowed: the micro-batch is then the
+    whole batch and its own counts are used, as agg_loss does.
     """
     if loss_agg_mode not in NORMALISING_AGG_MODES:
         raise ValueError(f"aggregation='separate' needs a normalising loss_agg_mode {NORMALISING_AGG_MODES}")
     info = dict(global_batch_info)
     token_level = loss_agg_mode == "token-mean"
     key = "batch_num_tokens" if token_level else "global_batch_size"
-    total_global = info.get(key)
-    if total_global is None and info.get("dp_size", 1) > 1:
-        raise ValueError(f"(global) {key} is required when dp_size > 1")
-
-    def count(mask: torch.Tensor) -> torch.Tensor:
-        return mask.sum() if token_level else (mask.sum(dim=-1) > 0).sum()
-
-    total_local = count(token_mask).clamp(min=1)
+    if part_counts is None:
+        if info.get(key) is not None or info.get("dp_size", 1) > 1:
+            raise RuntimeError(
+                f"lte.loss.aggregation=separate needs the mini-batch's on-policy and hinted counts ('{PART_COUNTS_FIELD}'"
+                "), which the LTE actor worker attaches before verl splits a mini-batch into micro-batches: run the "
+                "LTE trainer (recipe.lte.trainer.LTETrainer installs verl_ext.loss.training_worker."
+                "LTEActorRolloutRefWorker)"
+            )
+        local = count_parts(token_mask, off_rows)  # stays a tensor: no device sync
+        norms = (local[0], local[1]) if token_level else (local[2], local[3])
+    else:
+        norms = part_counts[:2] if token_level else part_counts[2:]
+    row_off = off_rows.unsqueeze(-1)
     loss = losses.new_zeros(())
-    for part in part_masks:
-        n_part = count(part)
-        norm = n_part if total_global is None else total_global * n_part / total_local
-        info[key] = norm.clamp(min=1)  # an empty part contributes 0, not 0/0
+    for part, norm in zip((token_mask & ~row_off, token_mask & row_off), norms, strict=True):
+        # an empty part contributes 0, not 0/0
+        info[key] = norm.clamp(min=1) if isinstance(norm, torch.Tensor) else max(int(norm), 1)
         loss = loss + agg_loss(loss_mat=losses, loss_mask=part, loss_agg_mode=loss_agg_mode, **info)
     return loss
 
@@ -152,6 +165,7 @@ class _MicroBatchContext:
     off_policy_mask: torch.Tensor
     behavior_log_prob: torch.Tensor | None
     lte_loss: LTELossConfig
+    part_counts: PartCounts | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -196,6 +210,7 @@ def compute_policy_loss_lte_mixed(
         loss_agg_mode=loss_agg_mode,
         aggregation=ctx.lte_loss.aggregation,
         global_batch_info=config.global_batch_info,
+        part_counts=ctx.part_counts,
     )
     # verl wraps what we return as mean-aggregated Metrics, which needs the same keys on every micro-batch and rank:
     # return only verl's own three, lte_ppo_loss adds the rest with their proper aggregation
@@ -252,7 +267,13 @@ def lte_ppo_loss(config: Any, model_output: Any, data: TensorDict, dp_group: Any
         )
     register_lte_policy_loss()
     off_policy_mask, behavior_log_prob = _padded_off_policy_fields(data, lte_loss)
-    ctx = _MicroBatchContext(off_policy_mask=off_policy_mask, behavior_log_prob=behavior_log_prob, lte_loss=lte_loss)
+    counts = tu.get_non_tensor_data(data, PART_COUNTS_FIELD, None)
+    ctx = _MicroBatchContext(
+        off_policy_mask=off_policy_mask,
+        behavior_log_prob=behavior_log_prob,
+        lte_loss=lte_loss,
+        part_counts=None if counts is None else PartCounts(*counts),
+    )
     token = _MICRO_BATCH.set(ctx)
     try:
         loss, metrics = ppo_loss(config, model_output, data, dp_group)

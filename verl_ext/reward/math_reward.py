@@ -402,14 +402,16 @@ def compute_score(
     allow_unboxed: bool = True,
     **kwargs: Any,
 ) -> dict:
-    """verl custom reward: {"score": 1.0 or 0.0, "acc": bool, "pred": the model's final answer as written}.
+    """verl custom reward: {"score": 1.0 or 0.0, "acc": bool, "pred": the model's final answer as written,
+    "pred_boxed": True when pred is an answer the model gave as final (its last \\boxed{}, or a "final answer"
+    it stated after that box), False when it is math-verify's extraction from unboxed text, or ""}.
 
     `allow_unboxed`: without a \\boxed{}, fall back to math-verify's extraction from the text (as verl's own
     math-verify scorer does); a "final answer" phrase after the last box is read the same way. False: only
     boxes count, a response without one scores 0 (pred is still reported).
     `data_source`, `extra_info` and other kwargs verl passes are accepted and unused: one rule for all sources.
     """
-    pred = ""
+    pred, pred_boxed = "", False
     correct = False
     try:
         if not isinstance(solution_str, str):
@@ -430,10 +432,11 @@ def compute_score(
                 correct, pred = _verified_extraction(gold, solution_str, timeout_s)
             else:
                 pred = extract_answer(solution_str, timeout_s)
+        pred_boxed = group is not None and bool(pred)  # a box, or a final answer stated after the last box
     except Exception:  # the reward must never take a training step down
         logger.exception("reward_math: compute_score failed (data_source=%r): scored 0", data_source)
         correct = False
-    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred}
+    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred, "pred_boxed": pred_boxed}
 
 
 def _verified_extraction(gold: str, text: str, timeout_s: float) -> tuple[bool, str]:
