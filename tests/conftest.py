@@ -67,6 +67,23 @@ def fast_warmup():
 
 
 @pytest.fixture(scope="session")
+def demo_build_dir(tmp_path_factory) -> Path:
+    """The CPU demo's real build (warmed-up model, train/val/held-out parquet), built once per session in a child
+    process (``python -m recipe.lte.demo``, about 2 minutes) and shared by the end-to-end tests."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo_build")
+    subprocess.run(
+        [sys.executable, "-m", "recipe.lte.demo", "--out", str(out), "--no-measure"],
+        cwd=REPO_ROOT,
+        check=True,
+        timeout=1800,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def six_benchmarks_path() -> Path:
     """The shared six-benchmark parquet (real problems); tests that need it skip only if shared/ is absent."""
     if not SHARED_BENCHMARKS.exists():

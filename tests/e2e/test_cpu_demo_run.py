@@ -69,9 +69,10 @@ def demo_out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cpu_demo")
 
 
-def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out: Path) -> None:
+def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out: Path, demo_build_dir: Path) -> None:
     # 16 prompts a step: none-pass groups (about a quarter with this model) are all but certain in 2 steps.
-    rc, text, env = _demo(demo_out, "run1", "--steps", "2", "data.train_batch_size=16")
+    build = ("--build", str(demo_build_dir))  # the session's demo build, shared with the other e2e tests
+    rc, text, env = _demo(demo_out, "run1", *build, "--steps", "2", "data.train_batch_size=16")
     assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
     run_dir = demo_out / "lte"
     records = _records(run_dir)
@@ -94,7 +95,7 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out:
     assert (demo_out / "lte_dynamics.png").stat().st_size > 10_000
     _assert_no_leftovers(env)
 
-    rc, text, env = _demo(demo_out, "run2", "--steps", "3", "data.train_batch_size=16")
+    rc, text, env = _demo(demo_out, "run2", *build, "--steps", "3", "data.train_batch_size=16")
     assert rc == 0, _tail(text)
     assert f"Resuming from {run_dir / 'global_step_2'}" in (demo_out / "train.log").read_text()
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3]
@@ -103,14 +104,14 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(demo_out:
     _assert_no_leftovers(env)
 
 
-def test_ctrl_c_leaves_nothing_running(demo_out: Path) -> None:
+def test_ctrl_c_leaves_nothing_running(demo_out: Path, demo_build_dir: Path) -> None:
     env = _run_env("ctrlc")
     log = demo_out / "ctrlc.log"
     with open(log, "w") as f:
         # Own process group, signalled as a terminal's Ctrl-C signals the foreground group.
         proc = subprocess.Popen(
             [sys.executable, "-m", "recipe.lte.demo.run", "--out", str(demo_out / "ctrlc"), "--steps", "2"]
-            + ["--build", str(demo_out / "build")],
+            + ["--build", str(demo_build_dir)],
             cwd=REPO_ROOT,
             env=env,
             stdout=f,
