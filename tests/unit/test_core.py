@@ -857,9 +857,9 @@ def test_step_metrics_empty():
 
 
 def test_group_records_one_per_group_by_hand():
-    index_of = {uid: i for i, uid in enumerate("abcdefgh")}
+    index_of = {uid: i for i, uid in enumerate("abcdefghi")}
     recs = {r["uid"]: r for r in group_records(_batch(), index_of)}
-    assert sorted(recs) == list("abcdefgh")  # grouped by uid, not by position
+    assert sorted(recs) == list("abcdefghi")  # grouped by uid, not by position
     assert recs["c"] == {
         "uid": "c",
         "index": 2,

@@ -23,7 +23,7 @@ from recipe.lte.reproduce.arms import ARMS, DEFAULT_ARMS, parse_arms, parse_seed
 from recipe.lte.reproduce.plan import Layout, RunSpec, Settings, plan_runs
 
 # The CPU default: sized to about an hour on 2 cores (docs/reproducing.md, "One command": how it was measured).
-CPU_DEFAULT = {"seeds": "3", "steps": 8}
+CPU_DEFAULT = {"seeds": "2", "steps": 8}
 # --quick: every arm, one seed, one step, 6 problems per split, 4 samples each -- checks the pipeline, not the method.
 CPU_QUICK = {"seeds": "1", "steps": 1, "eval_n": 4, "eval_limit": 6}
 
