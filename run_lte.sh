@@ -9,6 +9,8 @@
 #   bash run_lte.sh --smoke                                      # no GPU: the smoke run on the CPU demo model
 #   bash run_lte.sh --steps 8 --mode grpo_extra                  # no GPU only: the CPU demo's options (--out, --steps,
 #                                                                # --mode; python -m recipe.lte.demo.run --help)
+#   bash run_lte.sh --reproduce [--quick | --gpu qwen3-8b ...]   # the paper's comparison, all arms, evaluated
+#                                                                # (python -m recipe.lte.reproduce --help)
 #
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2. --no-preflight
 # skips the checklist. Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files
@@ -24,12 +26,24 @@ die() {
   echo "run_lte.sh: $*" >&2
   exit 1
 }
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo pipefail/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then PY="$VIRTUAL_ENV/bin/python"
 elif [[ -x "$root/.venv/bin/python" ]]; then PY="$root/.venv/bin/python"
 else PY=python3; fi
 command -v "$PY" >/dev/null || die "no python: create .venv (bash scripts/setup_env.sh) or install python3"
+
+has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }
+
+if [[ "${1:-}" == "--reproduce" ]]; then
+  shift
+  # Without a GPU, the CPU environment first (as the demo does); every argument goes to the reproduction.
+  if ! has_cuda_gpu; then
+    bash "$root/scripts/setup_env.sh"
+    PY="$root/.venv/bin/python"
+  fi
+  exec "$PY" -m recipe.lte.reproduce "$@"
+fi
 
 preset="" dry_run=0 list=0 preflight=0 no_preflight=0 smoke=0 out="" overrides=() unknown=()
 orig_args=("$@")
@@ -51,8 +65,6 @@ while (($#)); do
 done
 
 if ((list)); then exec "$PY" -m recipe.lte.tools.dry_run --list; fi
-
-has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }
 
 if [[ -z "$preset" ]]; then
   if ((dry_run || preflight)); then

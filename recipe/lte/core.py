@@ -35,6 +35,8 @@ MODES = ("grpo", "grpo_extra", "lte")
 # The per-step LTE metrics of a run, one JSON record a line, in trainer.default_local_dir (written by the trainer,
 # read by recipe.lte.tools.summary).
 METRICS_FILE = "lte_metrics.jsonl"
+# One record per group and step (which prompt was none-pass, hinted, rescued): ``group_records``.
+GROUPS_FILE = "lte_groups.jsonl"
 
 ALL_PASS, SOME_PASS, NONE_PASS = "all_pass", "some_pass", "none_pass"
 GROUP_CLASSES = (ALL_PASS, SOME_PASS, NONE_PASS)
@@ -522,3 +524,31 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
     m[f"{prefix}on_policy_acc"] = sum(r.orig_passed for r in rows) / len(rows)
     m[f"{prefix}acc_after"] = sum(r.passed for r in rows) / len(rows)
     return m
+
+
+def group_records(rows: Sequence[RowInfo], index_of: Mapping[str, object] | None = None) -> list[dict]:
+    """One record per group of a training batch: what LTE did to that prompt (for per-prompt analyses, e.g.
+    which prompts a hint rescued). ``index_of`` maps a uid to the prompt's dataset index (``extra_info.index``).
+
+    Fields: uid, index, group_class (before LTE), extra_kind, extra_status, extra_correct (G'), and row counts:
+    passed_before (on-policy passes), passed_after, replaced, off_policy.
+    """
+    groups: dict[str, list[RowInfo]] = {}
+    for r in rows:
+        groups.setdefault(r.uid, []).append(r)
+    index_of = index_of or {}
+    return [
+        {
+            "uid": uid,
+            "index": index_of.get(uid),
+            "group_class": g[0].group_class,
+            "extra_kind": g[0].extra_kind,
+            "extra_status": g[0].extra_status,
+            "extra_correct": g[0].extra_correct,
+            "passed_before": sum(r.orig_passed for r in g),
+            "passed_after": sum(r.passed for r in g),
+            "replaced": sum(r.replaced for r in g),
+            "off_policy": sum(r.off_policy for r in g),
+        }
+        for uid, g in groups.items()
+    ]

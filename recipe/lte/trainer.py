@@ -239,37 +239,53 @@ class LTETrainer(PPOTrainerSync):
         return batch
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
-        lte_metrics = self._lte_metrics(batch)
+        lte_metrics, groups = self._lte_metrics(batch)
         metrics.update(lte_metrics)
         metrics.update(self._data_metrics)
         out = super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        self._report_step(global_steps, lte_metrics, metrics)
+        self._report_step(global_steps, lte_metrics, metrics, groups)
         return out
 
-    def _report_step(self, step: int, lte_metrics: dict, metrics: dict) -> None:
-        """One readable LTE line per step, and the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
-        (read by ``python -m recipe.lte.tools.summary`` for the end-of-run table and plots)."""
+    def _report_step(self, step: int, lte_metrics: dict, metrics: dict, groups: list[dict]) -> None:
+        """One readable LTE line per step; the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
+        (read by ``python -m recipe.lte.tools.summary`` for the end-of-run table and plots) and one record per
+        group to ``lte_groups.jsonl`` (which prompts were none-pass, hinted, rescued)."""
         print(format_step_line(step, lte_metrics), flush=True)
         record = {"step": step, **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
-        path = os.path.join(self.config.trainer.default_local_dir, core.METRICS_FILE)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "a") as f:
+        out_dir = self.config.trainer.default_local_dir
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, core.METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
+        with open(os.path.join(out_dir, core.GROUPS_FILE), "a") as f:
+            f.writelines(json.dumps({"step": step, **g}) + "\n" for g in groups)
 
-    def _lte_metrics(self, batch) -> dict[str, float]:
-        """``core.step_metrics`` over the batch's real rows (padding rows copy a real row: left out)."""
+    def _lte_metrics(self, batch) -> tuple[dict[str, float], list[dict]]:
+        """``core.step_metrics`` and ``core.group_records`` over the batch's real rows (padding rows copy a real
+        row: left out)."""
         real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
         if not real:
-            return {}
+            return {}, []
         keys = [batch.keys[i] for i in real]
         data = tq.kv_batch_get(
-            keys=keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", *ROW_FIELDS]
+            keys=keys, partition_id=batch.partition_id, select_fields=["uid", "index", "rm_scores", *ROW_FIELDS]
         )
         scores = [float(s.sum()) for s in data["rm_scores"].unbind()]
         passed = [s >= self.lte.pass_threshold for s in scores]
-        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
+        uids = [str(u) for u in _as_list(data["uid"])]
         rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
-        return core.step_metrics(rows)
+        index_of = {u: _plain_index(i) for u, i in zip(uids, _as_list(data["index"]), strict=True)}
+        return core.step_metrics(rows), core.group_records(rows, index_of)
+
+
+def _as_list(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _plain_index(value):
+    """A dataset index as JSON can hold it (verl's RLHFDataset passes ``extra_info.index`` through as is)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return value if isinstance(value, int | str) or value is None else str(value)
 
 
 class LTETaskRunner(TaskRunnerV1.__ray_actor_class__):

@@ -4,6 +4,7 @@ warm-up training runs, kept short."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -14,7 +15,7 @@ from recipe.lte.demo import warmup as W
 def test_build_demo_reuses_a_matching_build(tmp_path, fast_warmup):
     first = W.build_demo(tmp_path, cfg=fast_warmup)
     assert first["reused"] is False
-    for key in ("model_dir", "train_parquet", "val_parquet"):
+    for key in ("model_dir", "train_parquet", "val_parquet", "heldout_parquet"):
         assert (tmp_path / first[key]).exists()
     weights = tmp_path / "model" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
@@ -23,6 +24,10 @@ def test_build_demo_reuses_a_matching_build(tmp_path, fast_warmup):
     assert second["reused"] is True and second["cache_key"] == first["cache_key"]
     assert weights.stat().st_mtime_ns == mtime  # not retrained
     assert AutoTokenizer.from_pretrained(second["model_dir"]).chat_template
+
+    Path(first["heldout_parquet"]).unlink()  # a build missing one of its files is not reused
+    again = W.build_demo(tmp_path, cfg=fast_warmup)
+    assert again["reused"] is False and Path(again["heldout_parquet"]).exists()
 
     third = W.build_demo(tmp_path, cfg=dataclasses.replace(fast_warmup, steps=4))
     assert third["reused"] is False and third["cache_key"] != first["cache_key"]

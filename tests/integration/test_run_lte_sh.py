@@ -112,3 +112,10 @@ def test_the_training_entry_point_resolves_presets():
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "experiment_name: qwen3-8b-lte-dagger" in res.stdout and "entropy_coeff: 0.001" in res.stdout
+
+
+def test_run_lte_reproduce_hands_every_argument_to_the_reproduction(tmp_path):
+    res = _run("--reproduce", "--dry-run", "--quick", "--arms", "grpo,lte", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[dry-run] 2 run(s) of 2 arm(s) x 1 seed(s)" in res.stdout
+    assert "-m recipe.lte.demo.run" in res.stdout and not (tmp_path / "r").exists()

@@ -37,6 +37,7 @@ from recipe.lte.core import (
     code_to_name,
     distinct_wrong_answers,
     exact_only,
+    group_records,
     plan_hint,
     prompt_identity,
     quotable_answers,
@@ -917,6 +918,29 @@ def test_step_metrics_no_extra_phase_ran():
 
 def test_step_metrics_empty():
     assert step_metrics([]) == {}
+
+
+def test_group_records_one_per_group_by_hand():
+    index_of = {uid: i for i, uid in enumerate("abcdefghi")}
+    recs = {r["uid"]: r for r in group_records(_batch(), index_of)}
+    assert sorted(recs) == list("abcdefghi")  # grouped by uid, not by position
+    assert recs["c"] == {
+        "uid": "c",
+        "index": 2,
+        "group_class": NONE_PASS,
+        "extra_kind": HINT,
+        "extra_status": "ran",
+        "extra_correct": 3,
+        "passed_before": 0,
+        "passed_after": 3,
+        "replaced": 3,
+        "off_policy": 3,
+    }
+    assert (recs["b"]["passed_before"], recs["b"]["passed_after"], recs["b"]["replaced"]) == (2, 2, 0)
+    assert (recs["g"]["extra_kind"], recs["g"]["replaced"], recs["g"]["off_policy"]) == ("unhinted", 1, 0)
+    assert recs["e"]["extra_status"] == "skipped_too_long" and recs["e"]["replaced"] == 0
+    assert group_records(_batch())[0]["index"] is None  # no index known
+    assert group_records([]) == []
 
 
 def test_core_imports_nothing_heavy():

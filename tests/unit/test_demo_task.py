@@ -149,19 +149,36 @@ def test_response_tokens_and_length_budgets(demo_tok):
     assert longest <= task.RECOMMENDED_MAX_PROMPT_LENGTH
 
 
+def test_heldout_split_covers_every_tier_and_answer_and_never_reaches_training():
+    heldout, train = task.heldout_problems(), task.train_problems()
+    # (tens + units) % 5 == 0, by hand: two units digits per tens digit.
+    assert [p.n for p in heldout if p.n < 40] == [14, 19, 23, 28, 32, 37]
+    assert len(heldout) == 18 and len(train) == 72
+    assert {p.n for p in heldout}.isdisjoint(p.n for p in train)
+    assert {p.n for p in heldout} | {p.n for p in train} == set(task.NUMBERS)
+    assert {p.n for p in task.val_problems()} <= {p.n for p in train}
+    by_tens = {t: sum(p.n // 10 == t for p in heldout) for t in range(1, 10)}
+    assert set(by_tens.values()) == {2}  # every tens digit, hence every tier in the tiers' proportions
+    assert {p.answer for p in heldout} == set(task.DIGITS)
+
+
 def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    train, val = task.write_parquet(tmp_path)
+    paths = task.write_parquet(tmp_path)
+    assert sorted(paths) == ["heldout", "train", "val"]
+    train, val, heldout = paths["train"], paths["val"], paths["heldout"]
     df = pd.read_parquet(train)
     assert list(df.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
-    assert len(df) == 90 and len(pd.read_parquet(val)) == len(task.val_problems()) == 30
+    assert len(df) == 72 and len(pd.read_parquet(val)) == len(task.val_problems()) == 24
+    assert [e["n"] for e in pd.read_parquet(heldout)["extra_info"]] == [p.n for p in task.heldout_problems()]
     row = df.iloc[10]
-    p = task.all_problems()[10]
+    p = task.train_problems()[10]
     assert row["data_source"] == task.DATA_SOURCE
     assert row["reward_model"] == {"style": "rule", "ground_truth": p.answer}
     assert row["extra_info"]["split"] == "train" and row["extra_info"]["index"] == 10
+    assert row["extra_info"]["n"] == p.n
 
     config = OmegaConf.create(
         {
@@ -170,8 +187,8 @@ def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
             "cache_dir": str(tmp_path / "cache"),
         }
     )
-    ds = RLHFDataset(data_files=[train, val], tokenizer=demo_tok, config=config)
-    assert len(ds) == 90 + 30  # nothing filtered as over-long
+    ds = RLHFDataset(data_files=[train, val, heldout], tokenizer=demo_tok, config=config)
+    assert len(ds) == 72 + 24 + 18  # nothing filtered as over-long
     item = ds[10]
     assert item["raw_prompt"] == task.build_messages(p)
     assert item["reward_model"]["ground_truth"] == p.answer and item["index"] == 10

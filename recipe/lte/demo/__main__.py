@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"model_dir:     {build['model_dir']}")
     print(f"train_parquet: {build['train_parquet']}")
     print(f"val_parquet:   {build['val_parquet']}")
+    print(f"heldout_parquet: {build['heldout_parquet']}")
     print(
         f"{'reused' if build['reused'] else 'built'} (cache key {build['cache_key']}, build {build['build_seconds']} s)"
     )

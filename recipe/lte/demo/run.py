@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from recipe.lte import core
 from recipe.lte.tools import summary
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "--build", default=None, help="where the demo model and data are built or reused (default OUT/build)"
     )
     p.add_argument("--steps", type=int, default=4, help="total training steps (default 4); more resumes a run")
-    p.add_argument("--mode", default="lte", choices=("lte", "grpo_extra", "grpo"), help="the arm to run")
+    p.add_argument("--mode", default="lte", choices=core.MODES, help="the arm to run (lte.mode)")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:

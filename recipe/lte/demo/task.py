@@ -216,10 +216,34 @@ def get_scorer() -> tuple[str, Callable[..., dict]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def is_heldout(problem: Problem) -> bool:
+    """Held out of RL training: (tens + units) % 5 == 0, 18 problems -- two of every tens digit (so every tier, in
+    the tiers' proportions) and every answer digit once or twice.
+
+    "Held out" means never trained on by RL (not in ``train.parquet``): the warm-up distilled the designed
+    distribution on ALL 90 problems, so the model has seen these too. What RL on the other 72 does to them is
+    the demo's measure of transfer (``python -m recipe.lte.reproduce``).
+    """
+    return (problem.n // 10 + problem.n % 10) % 5 == 0
+
+
+def train_problems() -> list[Problem]:
+    """The 72 problems RL trains on (``train.parquet``)."""
+    return [p for p in all_problems() if not is_heldout(p)]
+
+
+def heldout_problems() -> list[Problem]:
+    """The 18 problems RL never trains on (``heldout.parquet``)."""
+    return [p for p in all_problems() if is_heldout(p)]
+
+
 def val_problems() -> list[Problem]:
-    """Every third problem. The demo is about the mechanics of LTE, not generalisation: the warm-up saw every
-    problem, so validation measures how training moved the model on problems it also trains on."""
-    return all_problems()[::3]
+    """Every third training problem: verl's validation during training measures how training moved the model on
+    problems it trains on (the held-out ones are for ``recipe.lte.reproduce``'s evaluation)."""
+    return train_problems()[::3]
+
+
+SPLITS = {"train": train_problems, "val": val_problems, "heldout": heldout_problems}
 
 
 def rl_rows(problems: Sequence[Problem], split: str) -> list[dict]:
@@ -230,21 +254,22 @@ def rl_rows(problems: Sequence[Problem], split: str) -> list[dict]:
             "prompt": build_messages(p),
             "ability": ABILITY,
             "reward_model": {"style": "rule", "ground_truth": p.answer},
-            "extra_info": {"split": split, "index": i, "tier": tier_of(p).name},
+            "extra_info": {"split": split, "index": i, "tier": tier_of(p).name, "n": p.n},
         }
         for i, p in enumerate(problems)
     ]
 
 
-def write_parquet(out_dir: str | Path) -> tuple[str, str]:
-    """Write ``train.parquet`` (all 90 problems) and ``val.parquet`` (``val_problems``); return their paths."""
+def write_parquet(out_dir: str | Path) -> dict[str, str]:
+    """Write ``train.parquet`` (72 problems), ``val.parquet`` (every third of them) and ``heldout.parquet`` (the
+    other 18); return ``{split: path}``."""
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split, problems in (("train", all_problems()), ("val", val_problems())):
+    paths = {}
+    for split, problems in SPLITS.items():
         path = out / f"{split}.parquet"
-        pd.DataFrame(rl_rows(problems, split)).to_parquet(path, index=False)
-        paths.append(str(path))
-    return paths[0], paths[1]
+        pd.DataFrame(rl_rows(problems(), split)).to_parquet(path, index=False)
+        paths[split] = str(path)
+    return paths

