@@ -15,7 +15,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
-from recipe.lte.startup_checks import check_config
+from recipe.lte.startup_checks import check_config, check_reference_data
 from recipe.lte.trainer import LTETaskRunner
 from verl_ext.loss.ppo_loss import register_lte_policy_loss
 
@@ -44,6 +44,7 @@ def prepare_config(config: DictConfig) -> DictConfig:
 @hydra.main(config_path="config", config_name="lte_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     prepare_config(config)
+    check_reference_data(config)  # lte.mode=luffy: every training row carries its reference solution
     run_ppo(config, task_runner_class=ray.remote(LTETaskRunner))
 
 

@@ -12,16 +12,18 @@ import logging
 import os
 
 import numpy as np
+import torch
 import transfer_queue as tq
 from omegaconf import DictConfig
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from recipe.lte import core
+from recipe.lte import core, luffy
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
-from verl_ext.loss.ppo_loss import make_lte_loss_fn
+from verl_ext.advantage.grpo_on_policy_stats import ESTIMATOR, register_grpo_on_policy_stats, statistics_rows
+from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD, make_lte_loss_fn
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -58,6 +60,7 @@ class LTETrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         check_config(config)
+        register_grpo_on_policy_stats()  # verl looks algorithm.adv_estimator up in this process
         super().__init__(config)
         self.lte = lte_config(config)
 
@@ -69,6 +72,19 @@ class LTETrainer(PPOTrainerSync):
         self.actor_rollout_wg.set_loss_fn(loss_fn)
         logger.info(f"LTE mode={self.lte.mode}: mixed-policy loss installed in the actor workers")
 
+    def _compute_advantage(self, batch, metrics):
+        if self.config.algorithm.adv_estimator != ESTIMATOR:
+            return super()._compute_advantage(batch, metrics)
+        # grpo_on_policy_stats needs the rows' off-policy flags, in the order verl reads the batch (batch.keys).
+        # Padding rows copy a real row's flag but have no response token: they count as on-policy (like the loss).
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[OFF_POLICY_FIELD, "response_mask"]
+        )
+        off = torch.as_tensor(data[OFF_POLICY_FIELD]).reshape(-1) != 0
+        has_tokens = torch.tensor([int(m.sum()) > 0 for m in data["response_mask"].unbind()])
+        with statistics_rows(~(off & has_tokens)):
+            return super()._compute_advantage(batch, metrics)
+
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics = self._lte_metrics(batch)
         metrics.update(lte_metrics)
@@ -79,7 +95,8 @@ class LTETrainer(PPOTrainerSync):
     def _report_step(self, step: int, lte_metrics: dict, metrics: dict) -> None:
         """One readable LTE line per step, and the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
         (read by ``python -m recipe.lte.tools.summary`` for the end-of-run table and plots)."""
-        print(format_step_line(step, lte_metrics), flush=True)
+        line = luffy.format_step_line if self.lte.mode == "luffy" else format_step_line
+        print(line(step, lte_metrics), flush=True)
         record = {"step": step, **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
         path = os.path.join(self.config.trainer.default_local_dir, core.METRICS_FILE)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -99,6 +116,8 @@ class LTETrainer(PPOTrainerSync):
         passed = [s >= self.lte.pass_threshold for s in scores]
         uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
         rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
+        if self.lte.mode == "luffy":
+            return luffy.step_metrics(rows, scores)
         return core.step_metrics(rows)
 
 
