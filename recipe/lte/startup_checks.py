@@ -116,8 +116,9 @@ def _luffy_refusals(config: DictConfig) -> list[str]:
     if config.actor_rollout_ref.rollout.get("calculate_log_probs", False):
         errors.append(
             "actor_rollout_ref.rollout.calculate_log_probs=true with lte.mode=luffy: the reference row has no rollout "
-            "log-probs, and verl's batch needs the field on every row or on none (a made-up value would feed verl's "
-            "rollout-vs-actor metrics and rollout correction); set actor_rollout_ref.rollout.calculate_log_probs=false"
+            "log-probs, and a batch read drops a field that some rows lack for every row (verl's trainer then fails "
+            "in its rollout-vs-actor metrics; a made-up value would feed them and rollout correction); set "
+            "actor_rollout_ref.rollout.calculate_log_probs=false"
         )
     return errors
 
