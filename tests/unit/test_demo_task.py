@@ -163,6 +163,8 @@ def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
+    from verl_ext.reward.math_reward import compute_score
+
     train, val = task.write_parquet(tmp_path)
     df = pd.read_parquet(train)
     assert list(df.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
@@ -172,6 +174,9 @@ def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
     assert row["data_source"] == task.DATA_SOURCE
     assert row["reward_model"] == {"style": "rule", "ground_truth": p.answer}
     assert row["extra_info"]["split"] == "train" and row["extra_info"]["index"] == 10
+    # the reference solution --mode luffy trains on: a correct response in the demo's format (p = 20: "0")
+    assert row["extra_info"]["reference"] == "\\boxed{0}" == task.short_response(p.answer)
+    assert compute_score(task.DATA_SOURCE, row["extra_info"]["reference"], p.answer)["score"] == 1.0
 
     config = OmegaConf.create(
         {

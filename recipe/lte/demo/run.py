@@ -1,6 +1,6 @@
 """Real LTE training on a CPU, end to end, in a few minutes: ``bash run_lte.sh`` on a machine with no CUDA GPU.
 
-    python -m recipe.lte.demo.run [--out DIR] [--steps N] [--mode lte|grpo_extra|grpo] [hydra overrides...]
+    python -m recipe.lte.demo.run [--out DIR] [--steps N] [--mode lte|grpo_extra|grpo|luffy] [hydra overrides...]
 
 1. builds (or reuses) the demo: a tiny model warmed up on "Compute N mod 10" so that it succeeds sometimes,
    fails sometimes and heeds hints (``recipe.lte.demo``), and its RL parquet;
@@ -36,7 +36,11 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
     """The demo's training settings on top of the recipe config (sizes for a 2-core machine)."""
     from recipe.lte.demo import task
 
+    # LUFFY's settings, as its presets take them (recipe/lte/config/preset/_luffy.yaml); the rows' reference is a
+    # correct demo response.
+    arm = ["+preset=_luffy"] if mode == "luffy" else []
     return [
+        *arm,
         f"lte.mode={mode}",
         f"actor_rollout_ref.model.path={build['model_dir']}",
         f"data.train_files={build['train_parquet']}",
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "--build", default=None, help="where the demo model and data are built or reused (default OUT/build)"
     )
     p.add_argument("--steps", type=int, default=4, help="total training steps (default 4); more resumes a run")
-    p.add_argument("--mode", default="lte", choices=("lte", "grpo_extra", "grpo"), help="the arm to run")
+    p.add_argument("--mode", default="lte", choices=("lte", "grpo_extra", "grpo", "luffy"), help="the arm to run")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
