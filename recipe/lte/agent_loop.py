@@ -4,7 +4,8 @@ Per training prompt (``LTEAgentLoopWorker._run_prompt``):
   1. sample G rollouts and score them, without writing them yet;
   2. for a none-pass group (all G fail), sample G extra rollouts -- from the hinted prompt (``lte``) or the
      unchanged prompt (``grpo_extra``) -- in the same vLLM wake window, i.e. before the group is tagged
-     ``finished`` and the trainer puts the replicas to sleep;
+     ``finished`` and the trainer puts the replicas to sleep; never for a group whose ground truth the
+     project's reward can never match (``skipped_bad_ground_truth``, verl_ext/reward/ground_truth.py);
   3. put correct extra responses in place of chosen failures, re-attached to the ORIGINAL prompt ids;
   4. write exactly G rows, each carrying the off-policy flag and its LTE info (``row_fields``).
 Any error in step 2-3 keeps the original group as sampled. Validation prompts take verl's path untouched.
@@ -32,6 +33,7 @@ from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token
 
 from recipe.lte import core, luffy
 from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD
+from verl_ext.reward.ground_truth import unusable_ground_truth
 from verl_ext.reward.math_reward import answers_equivalent
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,28 @@ def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Seq
     ]
 
 
+def uses_project_reward(config) -> bool:
+    """Is the run scored by the project's math reward (verl_ext/reward/math_reward.py)? Its notion of a usable
+    ground truth is the one checked; another reward function's is unknown here."""
+    import verl_ext.reward.math_reward
+
+    fn = OmegaConf.select(config, "reward.custom_reward_function", default=None) or {}
+    path = fn.get("path")
+    return (
+        bool(path)
+        and os.path.realpath(path) == os.path.realpath(verl_ext.reward.math_reward.__file__)
+        and (fn.get("name") or "compute_score") == "compute_score"
+    )
+
+
+def _ground_truth(prompt: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(known, value): the row's ``reward_model.ground_truth`` as the reward receives it."""
+    rm = prompt.get("reward_model")
+    if not isinstance(rm, Mapping):
+        return False, None
+    return True, rm.get("ground_truth")
+
+
 def _pred(output: AgentLoopOutput) -> str:
     """The final answer the reward extracted (verl_ext.reward.math_reward's ``pred``), "" when absent."""
     info = output.extra_fields.get("reward_extra_info") or {}
@@ -120,6 +144,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         self.lte = core.LTEConfig.from_dict(block)
         self.luffy = luffy.LuffyConfig.from_dict(block.get("luffy"))
         self._token_builder = None
+        self._check_ground_truth = uses_project_reward(self.config)
 
     # ---- sampling -----------------------------------------------------------------------------------------
 
@@ -208,7 +233,9 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         }
         final = list(group)
         replaced = [False] * n
-        if info["group_class"] == core.NONE_PASS and self.lte.mode != "grpo":
+        if core.wants_extra_phase(info["group_class"], self.lte.mode) and await self._ground_truth_unusable(prompt):
+            info["extra_status"] = "skipped_bad_ground_truth"
+        elif core.wants_extra_phase(info["group_class"], self.lte.mode):
             start = time.monotonic()
             try:
                 final, replaced = await self._extra_phase(prompt, params, trajectory, trace, group, info)
@@ -227,6 +254,20 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             )
             for i in range(n)
         ]
+
+    async def _ground_truth_unusable(self, prompt: dict) -> bool:
+        """Can the reward never match this row's ground truth? (Cached per ground truth; the rare math-verify parse
+        runs in a thread, off the event loop.) Known only with the project's reward and a ``reward_model`` field."""
+        known, value = _ground_truth(prompt)
+        if not (self._check_ground_truth and known):
+            return False
+        reason = await asyncio.to_thread(unusable_ground_truth, value)
+        if reason:
+            logger.warning(
+                f"LTE: no extra phase for uid={prompt['uid']}: its ground truth {value!r:.80} is {reason} "
+                "(the reward can never match it; python -m data_prep check finds such rows before training)"
+            )
+        return reason is not None
 
     async def _extra_phase(
         self, prompt: dict, params: dict, trajectory: dict, trace: bool, group: list[AgentLoopOutput], info: dict

@@ -2,7 +2,8 @@
 
 Read top to bottom, this is the method (arXiv 2510.26109, steps 2-5 of docs/method.md):
 
-1. ``classify_group``: a scored group of G rollouts is all-pass, some-pass or none-pass.
+1. ``classify_group``: a scored group of G rollouts is all-pass, some-pass or none-pass; ``wants_extra_phase``:
+   a none-pass group gets extra rollouts (not in the ``grpo`` arm, nor when its ground truth is unusable).
 2. ``classify_truncation``: a none-pass group is further all / some / none truncated.
 3. ``plan_hint``: what to tell the model -- ``concise`` (all truncated), ``concise_hint`` (some truncated:
    the wrong answers of the NON-truncated failures + "be concise") or ``hint`` (none truncated: the wrong
@@ -55,8 +56,11 @@ EXTRA_STATUS_CODES = {
     "skipped_too_long": 2,  # the hinted prompt did not fit rollout.prompt_length even with no answers listed
     "error": 3,  # the extra phase raised; the original group was kept unchanged
     "skipped_no_hint": 4,  # nothing to hint (no usable wrong answer and lte.hint.no_answer_fallback=skip)
+    # the reward can never match the row's ground truth (missing, empty, unparseable): extra rollouts would all fail
+    "skipped_bad_ground_truth": 5,
     REFERENCE_TRUNCATED: 10,  # lte.mode=luffy: the reference was added, cut to the response length
 }
+ON_BAD_ROWS = ("error", "skip")
 
 
 def code_to_name(codes: Mapping[str, int], code: int) -> str:
@@ -150,6 +154,18 @@ class HintConfig:
 
 
 @dataclass
+class DataConfig:
+    """What the start-up data check does with bad rows (`lte.data.*`; the check is `data_prep check`)."""
+
+    # "error": refuse to start, with the report; "skip": drop the bad rows, count them and train on the rest.
+    on_bad_rows: str = "error"
+
+    def validate(self) -> None:
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"lte.data.on_bad_rows must be one of {ON_BAD_ROWS}, got {self.on_bad_rows!r}")
+
+
+@dataclass
 class LTEConfig:
     """The LTE decisions' settings (`lte.*`, loss settings aside: those are `lte.loss.*`, see verl_ext.loss.config)."""
 
@@ -163,6 +179,7 @@ class LTEConfig:
     min_hint_room_tokens: int = 256
     seed: int = 0  # replacement choices are seeded by (seed, step, uid): reruns make the same choices
     hint: HintConfig = field(default_factory=HintConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -176,6 +193,7 @@ class LTEConfig:
         _check_int("lte.min_failures_kept", self.min_failures_kept, minimum=0)
         _check_int("lte.seed", self.seed)
         self.hint.validate()
+        self.data.validate()
 
     @classmethod
     def from_dict(cls, cfg: Mapping | None) -> LTEConfig:
@@ -184,20 +202,24 @@ class LTEConfig:
         cfg.pop("loss", None)  # owned by verl_ext.loss.config.LTELossConfig
         cfg.pop("luffy", None)  # owned by recipe.lte.luffy.LuffyConfig
         hint = dict(cfg.pop("hint", None) or {})
-        known = {f.name for f in fields(cls)} - {"hint"}
+        data = dict(cfg.pop("data", None) or {})
+        known = {f.name for f in fields(cls)} - {"hint", "data"}
         unknown = set(cfg) - known
         if unknown:
             names = [f"lte.{k}" for k in sorted(unknown)]
-            raise ValueError(f"unknown keys {names}: the lte.* keys are {sorted(known | {'hint', 'loss', 'luffy'})}")
-        hint_known = {f.name for f in fields(HintConfig)}
-        if set(hint) - hint_known:
-            names = [f"lte.hint.{k}" for k in sorted(set(hint) - hint_known)]
-            raise ValueError(f"unknown keys {names}: the lte.hint.* keys are {sorted(hint_known)}")
+            raise ValueError(
+                f"unknown keys {names}: the lte.* keys are {sorted(known | {'hint', 'data', 'loss', 'luffy'})}"
+            )
+        for block, given, sub in (("hint", hint, HintConfig), ("data", data, DataConfig)):
+            sub_known = {f.name for f in fields(sub)}
+            if set(given) - sub_known:
+                names = [f"lte.{block}.{k}" for k in sorted(set(given) - sub_known)]
+                raise ValueError(f"unknown keys {names}: the lte.{block}.* keys are {sorted(sub_known)}")
         if "templates" in hint:
             templates = HintConfig().templates
             templates.update(dict(hint["templates"]))
             hint["templates"] = templates
-        out = cls(**cfg, hint=HintConfig(**hint))
+        out = cls(**cfg, hint=HintConfig(**hint), data=DataConfig(**data))
         out.validate()
         return out
 
@@ -215,6 +237,14 @@ def classify_group(passed: Sequence[bool]) -> str:
     if n_pass == len(passed):
         return ALL_PASS
     return SOME_PASS if n_pass else NONE_PASS
+
+
+def wants_extra_phase(group_class: str, mode: str) -> bool:
+    """Does a group call for extra rollouts? A none-pass group in the ``grpo_extra`` and ``lte`` arms does -- unless
+    the reward can never match its ground truth (the caller checks that: ``skipped_bad_ground_truth``)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+    return group_class == NONE_PASS and mode != "grpo"
 
 
 def classify_truncation(truncated: Sequence[bool]) -> str:

@@ -1,8 +1,8 @@
 """Hydra entry point of the LTE recipe: ``python -m recipe.lte.main_lte [hydra overrides...]``.
 
 Composes ``recipe/lte/config/lte_trainer.yaml`` (verl's ppo_trainer.yaml + the ``lte:`` block), fills the
-project's defaults, refuses bad settings before anything starts, then runs verl's V1 PPO loop with LTE's
-task runner, trainer, rollout stage and loss.
+project's defaults, refuses bad settings and checks the data files (``recipe.lte.data_check``) before anything
+starts, then runs verl's V1 PPO loop with LTE's task runner, trainer, rollout stage and loss.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
+from recipe.lte.data_check import check_run_data
 from recipe.lte.startup_checks import check_config, check_reference_data
 from recipe.lte.trainer import LTETaskRunner
 from verl_ext.loss.ppo_loss import register_lte_policy_loss
@@ -45,6 +46,7 @@ def prepare_config(config: DictConfig) -> DictConfig:
 def main(config: DictConfig) -> None:
     prepare_config(config)
     check_reference_data(config)  # lte.mode=luffy: every training row carries its reference solution
+    check_run_data(config)  # before Ray: bad rows are refused (or dropped) here, not paid for in rollouts
     run_ppo(config, task_runner_class=ray.remote(LTETaskRunner))
 
 

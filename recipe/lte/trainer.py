@@ -1,6 +1,7 @@
 """LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
 
-- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss in the actor workers and logs LTE's metrics.
+- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss in the actor workers and logs LTE's metrics
+  (and the rows the start-up data check dropped, ``recipe.lte.data_check``).
 - ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
   keys its semantics on that literal name; a new name would silently switch to async behaviour).
 """
@@ -21,6 +22,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from recipe.lte import core, luffy
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
+from recipe.lte.data_check import dropped_metrics
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
 from verl_ext.advantage.grpo_on_policy_stats import ESTIMATOR, register_grpo_on_policy_stats, statistics_rows
 from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD, make_lte_loss_fn
@@ -37,7 +39,8 @@ def _is_number(v) -> bool:
 
 
 def format_step_line(step: int, m: dict) -> str:
-    """``[LTE step 3] groups all/some/none 2/3/3 -> 2/5/1 | extra hint 2 concise_hint 1 ... | rescued 2/3 ...``"""
+    """``[LTE step 3] groups all/some/none 2/3/3 -> 2/5/1 | extra phases 3 (hint 2 ...), skipped 0, bad ground truth
+    0, errors 0 | rescued 2, replaced 3 | on-policy acc 0.250``"""
     if not m:
         return f"[LTE step {step}] no LTE info in this batch"
 
@@ -48,9 +51,12 @@ def format_step_line(step: int, m: dict) -> str:
     after = "/".join(str(g(f"groups/{c}_after")) for c in core.GROUP_CLASSES)
     kinds = " ".join(f"{k} {g(f'extra/kind_{k}')}" for k in (*core.HINT_KINDS, "unhinted") if g(f"extra/kind_{k}"))
     skipped = g("extra/skipped_too_long") + g("extra/skipped_no_hint")
+    # Groups whose ground truth the reward can never match: a data problem, so named apart from the skips.
+    bad_gt = g("extra/skipped_bad_ground_truth")
     return (
         f"[LTE step {step}] groups all/some/none {before} -> {after} | extra phases {g('extra/ran')}"
-        f"{' (' + kinds + ')' if kinds else ''}, skipped {skipped}, errors {g('extra/error')} | rescued "
+        f"{' (' + kinds + ')' if kinds else ''}, skipped {skipped}, bad ground truth {bad_gt}, errors "
+        f"{g('extra/error')} | rescued "
         f"{g('extra/rescued')}, replaced {g('extra/replaced')} | on-policy acc {m.get('lte/on_policy_acc', 0.0):.3f}"
     )
 
@@ -63,6 +69,8 @@ class LTETrainer(PPOTrainerSync):
         register_grpo_on_policy_stats()  # verl looks algorithm.adv_estimator up in this process
         super().__init__(config)
         self.lte = lte_config(config)
+        # Rows the start-up data check dropped (lte.data.on_bad_rows=skip), logged with every step.
+        self._data_metrics = dropped_metrics(config.trainer.default_local_dir)
 
     def on_init_end(self):
         super().on_init_end()
@@ -88,6 +96,7 @@ class LTETrainer(PPOTrainerSync):
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics = self._lte_metrics(batch)
         metrics.update(lte_metrics)
+        metrics.update(self._data_metrics)
         out = super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         self._report_step(global_steps, lte_metrics, metrics)
         return out

@@ -34,6 +34,13 @@ SCRIPT = {
     # the hinted generation fails: the original group must survive unchanged
     "P_ERROR": ("4", ["\\boxed{0}"] * 4, RuntimeError("server died")),
 }
+# Ground truths the reward can never match (verl_ext/reward/ground_truth.py): all G fail, and no extra phase may run.
+BAD_GT = {
+    "P_GT_NONE": (None, ["\\boxed{1}"] * 4, ["\\boxed{1}"] * 4),
+    "P_GT_EMPTY": ("", ["\\boxed{1}"] * 4, ["\\boxed{1}"] * 4),
+    "P_GT_BROKEN": ("\\frac{1}{", ["\\boxed{\\frac{1}{1}}"] * 4, ["\\boxed{1}"] * 4),
+}
+SCRIPTS = {**SCRIPT, **BAD_GT}
 ORIG_LOGPROB, HINT_LOGPROB = -0.25, -1.5
 
 
@@ -50,9 +57,9 @@ class ScriptedLLM:
 
         text = self.tokenizer.decode(prompt_ids)
         self.prompts.append(text)
-        tag = next(t for t in sorted(SCRIPT, key=len, reverse=True) if t in text)
+        tag = next(t for t in sorted(SCRIPTS, key=len, reverse=True) if t in text)
         hinted = HINT_MARK in text
-        _, orig, hint = SCRIPT[tag]
+        _, orig, hint = SCRIPTS[tag]
         if hinted and isinstance(hint, Exception):
             raise hint
         pool = hint if hinted else orig
@@ -68,7 +75,7 @@ class ScriptedLLM:
 def _write_dataset(path, tags):
     rows = []
     for i, tag in enumerate(tags):
-        gt = SCRIPT[tag][0]
+        gt = SCRIPTS[tag][0]
         rows.append(
             {
                 "data_source": "lte_test",
@@ -458,3 +465,39 @@ def test_rollout_log_probs_must_be_on_every_row_or_none(ray_tq, tiny_model_dir, 
     # fail in its rollout-vs-actor metrics (KeyError) or, worse, skip rollout correction for the whole batch.
     data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rollout_log_probs", "responses"])
     assert "responses" in data.keys() and "rollout_log_probs" not in data.keys()
+
+
+@pytest.mark.parametrize("mode", ["lte", "grpo_extra"])
+def test_unusable_ground_truth_gets_no_extra_phase(ray_tq, tiny_model_dir, tmp_path, reward_handles, mode):
+    """Whatever slipped past the start-up check: a none-pass group whose ground truth the reward can never match
+    costs no extra rollouts; it is counted under its own status, in the metrics and the step line."""
+    from recipe.lte import core
+    from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
+    from recipe.lte.trainer import format_step_line
+
+    tags = [*BAD_GT, "P_HINT"]
+    data_path = tmp_path / "train.parquet"
+    _write_dataset(data_path, tags)
+    config = _config(tiny_model_dir, data_path, mode)
+    worker = _worker(config, reward_handles)
+    prefix = f"bad-{mode.replace('_', '')}-"  # row keys are {uid}_{session}_{index}: no "_" in the uid
+    listed = asyncio.run(_run(worker, _make_batch(config, worker.tokenizer, data_path, prefix), "train"))
+    keys = sorted(k for k in listed if k.startswith(prefix) and k.count("_") == 2)
+    rows = _read(keys, "train")
+    assert len(keys) == N * len(tags)
+    for i, tag in enumerate(tags):
+        group = [rows[f"{prefix}{i}_{s}_0"] for s in range(N)]
+        sent = sum(tag in p for p in worker.llm_client.prompts)
+        if tag in BAD_GT:
+            assert {r["lte_extra_status"] for r in group} == {core.EXTRA_STATUS_CODES["skipped_bad_ground_truth"]}
+            assert {r["lte_extra_kind"] for r in group} == {core.EXTRA_KIND_CODES["none"]}
+            assert [r["score"] for r in group] == [0.0] * N and sum(r["lte_replaced"] for r in group) == 0
+            assert sent == N, tag  # the G on-policy rollouts only
+        else:
+            assert {r["lte_extra_status"] for r in group} == {core.EXTRA_STATUS_CODES["ran"]}
+            assert sent == 2 * N  # G + G extra
+    fields = {f: torch.tensor([rows[k][f] for k in keys]) for f in ROW_FIELDS}
+    infos = rows_from_fields([k.rsplit("_", 2)[0] for k in keys], fields, [rows[k]["score"] >= 1.0 for k in keys])
+    m = core.step_metrics(infos)
+    assert m["lte/extra/skipped_bad_ground_truth"] == 3 and m["lte/extra/ran"] == 1
+    assert "bad ground truth 3" in format_step_line(1, m)

@@ -42,6 +42,7 @@ from recipe.lte.core import (
     seeded_rng,
     shrink_to_fit,
     step_metrics,
+    wants_extra_phase,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,7 @@ def test_code_tables_are_stable_and_invertible():
         "skipped_too_long": 2,
         "error": 3,
         "skipped_no_hint": 4,
+        "skipped_bad_ground_truth": 5,
         "reference_truncated": 10,
     }
     assert code_to_name(EXTRA_KIND_CODES, 2) == "hint"
@@ -100,6 +102,17 @@ def test_classify_group_every_combination(passed):
         expected = NONE_PASS
     assert classify_group(list(passed)) == expected
     assert classify_group([int(p) for p in passed]) == expected  # 0/1 flags (as they come from tensors)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "grpo_extra", "lte"])
+@pytest.mark.parametrize("group_class", [ALL_PASS, SOME_PASS, NONE_PASS])
+def test_wants_extra_phase_only_none_pass_groups_outside_grpo(mode, group_class):
+    assert wants_extra_phase(group_class, mode) == (group_class == NONE_PASS and mode in ("grpo_extra", "lte"))
+
+
+def test_wants_extra_phase_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="unknown mode 'ppo'"):
+        wants_extra_phase(NONE_PASS, "ppo")
 
 
 @pytest.mark.parametrize("truncated", ALL_FLAG_TUPLES, ids=str)
@@ -457,6 +470,8 @@ def test_default_config_is_valid_and_the_papers():
     assert cfg.pass_threshold == 1.0
     assert cfg.min_failures_kept == 1
     assert cfg.hint.no_answer_fallback == CONCISE
+    assert cfg.data.on_bad_rows == "error"
+    assert LTEConfig.from_dict({"data": {"on_bad_rows": "skip"}}).data.on_bad_rows == "skip"
     assert LTEConfig.from_dict(None) == cfg
     assert LTEConfig.from_dict({}) == cfg
 
@@ -542,6 +557,8 @@ def test_lte_config_validate_names_the_key(cfg, key):
         ({"hint": {"max_answer_chars": None}}, "lte.hint.max_answer_chars"),
         ({"hint": {"templates": {"hint": None}}}, "lte.hint.templates.hint"),
         ({"hint": {"answer_item": None}}, "lte.hint.answer_item"),
+        ({"data": {"on_bad_rows": "drop"}}, "lte.data.on_bad_rows"),
+        ({"data": {"on_bad_rows": None}}, "lte.data.on_bad_rows"),
     ],
 )
 def test_config_wrong_types_name_the_key(block, key):
@@ -557,10 +574,11 @@ def test_config_wrong_types_name_the_key(block, key):
         ({"mode": "lte", "G": 8}, "G"),
         ({"hint": {"max_answers": 3}}, "max_answers"),
         ({"hint": {"template": {}}}, "template"),
+        ({"data": {"on_bad_row": "skip"}}, "on_bad_row"),
     ],
 )
 def test_from_dict_rejects_unknown_keys(block, unknown):
-    with pytest.raises(ValueError, match=rf"unknown keys .*'lte\.(hint\.)?{unknown}'"):
+    with pytest.raises(ValueError, match=rf"unknown keys .*'lte\.((hint|data)\.)?{unknown}'"):
         LTEConfig.from_dict(block)
 
 
@@ -763,6 +781,8 @@ def _batch() -> list[RowInfo]:
         _group("g", [ON_FAIL, UNHINTED_IN, ON_FAIL, ON_FAIL], NONE_PASS, "unhinted", "ran", 1, 500, 0.5),
         # none-pass, nothing to hint (no answers, no_answer_fallback = skip)
         _group("h", [ON_FAIL] * 4, NONE_PASS, "none", "skipped_no_hint"),
+        # none-pass, the reward can never match its ground truth: no extra phase
+        _group("i", [ON_FAIL] * 4, NONE_PASS, "none", "skipped_bad_ground_truth"),
     ]
     # interleave the groups' rows: grouping must be by uid, not by position
     return [r for rows in itertools.zip_longest(*groups) for r in rows if r is not None]
@@ -770,22 +790,22 @@ def _batch() -> list[RowInfo]:
 
 def test_step_metrics_hand_computed():
     rows = _batch()
-    assert len(rows) == 32 and rows[0].uid == "a" and rows[1].uid == "b"
+    assert len(rows) == 36 and rows[0].uid == "a" and rows[1].uid == "b"
     expected = {
-        # before: a all, b some, c-h none (8 groups)
+        # before: a all, b some, c-i none (9 groups)
         "lte/groups/all_pass_before": 1,
-        "lte/groups/all_pass_before_share": 1 / 8,
+        "lte/groups/all_pass_before_share": 1 / 9,
         "lte/groups/some_pass_before": 1,
-        "lte/groups/some_pass_before_share": 1 / 8,
-        "lte/groups/none_pass_before": 6,
-        "lte/groups/none_pass_before_share": 6 / 8,
-        # after: a all; b, c (3 of 4 pass), g (1 of 4) some; d, e, f, h none
+        "lte/groups/some_pass_before_share": 1 / 9,
+        "lte/groups/none_pass_before": 7,
+        "lte/groups/none_pass_before_share": 7 / 9,
+        # after: a all; b, c (3 of 4 pass), g (1 of 4) some; d, e, f, h, i none
         "lte/groups/all_pass_after": 1,
-        "lte/groups/all_pass_after_share": 1 / 8,
+        "lte/groups/all_pass_after_share": 1 / 9,
         "lte/groups/some_pass_after": 3,
-        "lte/groups/some_pass_after_share": 3 / 8,
-        "lte/groups/none_pass_after": 4,
-        "lte/groups/none_pass_after_share": 4 / 8,
+        "lte/groups/some_pass_after_share": 3 / 9,
+        "lte/groups/none_pass_after": 5,
+        "lte/groups/none_pass_after_share": 5 / 9,
         # extra phases that ran, by kind: c hint, d concise, g unhinted
         "lte/extra/kind_concise": 1,
         "lte/extra/kind_concise_hint": 0,
@@ -795,6 +815,7 @@ def test_step_metrics_hand_computed():
         "lte/extra/skipped_too_long": 1,
         "lte/extra/error": 1,
         "lte/extra/skipped_no_hint": 1,
+        "lte/extra/skipped_bad_ground_truth": 1,
         "lte/extra/rescued": 2,  # c, g
         "lte/extra/rescue_rate": 2 / 3,
         "lte/extra/correct": 4,  # 3 + 0 + 1
@@ -803,8 +824,8 @@ def test_step_metrics_hand_computed():
         "lte/extra/tokens": 2500,  # 1200 + 800 + 500
         "lte/extra/seconds_max": 2.5,
         "lte/extra/seconds_mean": 1.5,  # (2.5 + 1.5 + 0.5) / 3
-        "lte/on_policy_acc": 6 / 32,  # a: 4, b: 2 originally passed
-        "lte/acc_after": 10 / 32,  # + 3 in c, 1 in g
+        "lte/on_policy_acc": 6 / 36,  # a: 4, b: 2 originally passed
+        "lte/acc_after": 10 / 36,  # + 3 in c, 1 in g
     }
     got = step_metrics(rows)
     assert set(got) == set(expected)

@@ -4,6 +4,7 @@ is pinned to the installed upstream version, the patches do what they say, the o
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_ext.cpu.env import ACTIVATE_MODULE, cpu_env, cpu_overrides
+from verl_ext.cpu.env import ACTIVATE_MODULE, cpu_env, cpu_overrides, kv_cache_bytes
 from verl_ext.cpu.workarounds import all_workarounds
 from verl_ext.cpu.workarounds.stdlib import vllm_version_with_cpu_fallback
 from verl_ext.cpu.workarounds.verl_0_9_1 import cpu_process_group_backend
@@ -95,6 +96,11 @@ def test_cpu_overrides_compose_with_verls_trainer_config() -> None:
     assert cfg.ray_kwargs.ray_init._temp_dir == "/tmp/lte-ray-x"
     assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert cfg.actor_rollout_ref.actor.strategy == cfg.actor_rollout_ref.ref.strategy == "fsdp2"
+    assert not cfg.actor_rollout_ref.actor.fsdp_config.use_torch_compile
+    assert not cfg.actor_rollout_ref.ref.fsdp_config.use_torch_compile
+    assert (
+        "kv_cache_memory_bytes" not in cfg.actor_rollout_ref.rollout.engine_kwargs.vllm
+    )  # vLLM's default unless given
     assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     rollout = cfg.actor_rollout_ref.rollout
     assert (rollout.free_cache_engine, rollout.enable_sleep_mode, rollout.enforce_eager) == (False, False, True)
@@ -124,3 +130,30 @@ def test_non_2d_weights_keep_vllms_dispatch() -> None:
     layer = _Layer(torch.randn(4, 1, 3))
     dispatch_plain_cpu_gemm(lambda lyr, remove: calls.append((lyr, remove)))(layer, False)
     assert calls == [(layer, False)]
+
+
+def test_cpu_overrides_size_vllms_kv_cache_when_given() -> None:
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=cpu_overrides(kv_cache_bytes=123456789))
+    # verl passes rollout.engine_kwargs.vllm to vLLM's engine arguments (vllm_async_server.py).
+    assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 123456789
+    with pytest.raises(ValueError, match="kv_cache_bytes must be > 0"):
+        cpu_overrides(kv_cache_bytes=0)
+
+
+def test_kv_cache_bytes_from_the_model_config(tmp_path: Path) -> None:
+    # 2 layers, 4 KV heads (GQA under 8 heads), head_dim 256/8 = 32: K and V, 4 bytes each = 2*2*4*32*4 = 2048 B/token.
+    cfg = {"num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "hidden_size": 256}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    # 3 sequences of 200 tokens -> 2 blocks of 128 each -> 768 tokens, no headroom.
+    assert kv_cache_bytes(str(tmp_path), max_model_len=200, max_num_seqs=3, headroom=1.0) == 2048 * 768
+    assert kv_cache_bytes(str(tmp_path), max_model_len=256, max_num_seqs=3, headroom=1.5) == 2048 * 768 * 3 // 2
+    # An explicit head_dim wins over hidden/heads; a missing num_key_value_heads means MHA.
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 128, "head_dim": 16})
+    )
+    assert kv_cache_bytes(str(tmp_path), max_model_len=128, max_num_seqs=1, headroom=1.0) == 2 * 1 * 2 * 16 * 4 * 128

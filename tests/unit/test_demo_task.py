@@ -1,4 +1,4 @@
-"""The CPU demo: task, targets, parquet through verl's RLHFDataset, warm-up, quality guard, build cache."""
+"""The CPU demo: task, targets, parquet through verl's RLHFDataset, warm-up, quality guard, build cache (the build itself: tests/integration/test_demo_build.py)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,6 @@ from recipe.lte.demo import task
 from recipe.lte.demo import warmup as W
 from recipe.lte.demo.measure import measure
 from recipe.lte.demo.tiny_model import build_tiny_model
-
-# Tiny settings for the warm-up / build tests: a few steps, and a quality check that accepts anything.
-FAST = W.WarmupConfig(
-    steps=3,
-    batch_size=8,
-    check_rounds=1,
-    min_success=0.0,
-    max_success=1.0,
-    min_rescue_gain=-1.0,
-    fallback_seeds=(),
-)
 
 
 @pytest.fixture(scope="module")
@@ -227,16 +216,16 @@ def test_lr_schedule_by_hand():
     assert W.lr_at(110, cfg, 110) == pytest.approx(0.1)
 
 
-def test_warmup_smoke_trains_saves_and_reloads(tmp_path, demo_tok_dir):
+def test_warmup_smoke_trains_saves_and_reloads(tmp_path, demo_tok_dir, fast_warmup):
     with W.torch_threads(1):  # as build_demo trains (two threads crawl on a busy 2-core machine)
-        _warmup_smoke(tmp_path, demo_tok_dir)
+        _warmup_smoke(tmp_path, demo_tok_dir, fast_warmup)
 
 
-def _warmup_smoke(tmp_path, demo_tok_dir):
+def _warmup_smoke(tmp_path, demo_tok_dir, fast_warmup):
     tok = AutoTokenizer.from_pretrained(demo_tok_dir)
     model = AutoModelForCausalLM.from_pretrained(demo_tok_dir, attn_implementation="sdpa")
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = dataclasses.replace(FAST, steps=8, lr=1e-2, warmup_steps=1)
+    cfg = dataclasses.replace(fast_warmup, steps=8, lr=1e-2, warmup_steps=1)
     losses = W.warmup(model, tok, cfg, steps=cfg.steps, seed=0, log_every=0)
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]  # from random init, the format tokens are learned within a few steps

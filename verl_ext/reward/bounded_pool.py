@@ -32,6 +32,10 @@ class WorkerError(RuntimeError):
     """The function raised inside the worker, or the worker died."""
 
 
+class WorkerStartError(WorkerError):
+    """A worker process did not start (nothing was run): a problem of the machine, not of the call's input."""
+
+
 def _serve(conn: Connection, preload: tuple[str, ...]) -> None:
     """Worker loop: import `preload`, say ready, then run `(fn, args)` requests until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
@@ -67,7 +71,7 @@ class _Worker:
             ready = False
         if not ready:
             self.kill()
-            raise WorkerError(f"worker process did not start within {startup_s} s (preload={preload})")
+            raise WorkerStartError(f"worker process did not start within {startup_s} s (preload={preload})")
 
     def kill(self) -> None:
         try:

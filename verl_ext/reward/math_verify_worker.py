@@ -11,6 +11,7 @@ import logging
 from functools import lru_cache
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from sympy import Eq, Interval, Symbol, Union
 
 # math-verify's own per-operation bound inside the worker (seconds, signal.alarm: whole seconds).
 INNER_TIMEOUT_S = 5
@@ -32,10 +33,23 @@ def _parse_boxed_answer(answer: str) -> list:
     return parse("\\boxed{" + answer + "}", _PRED_TARGETS, parsing_timeout=INNER_TIMEOUT_S)
 
 
+def _is_unambiguous_set(value: object) -> bool:
+    """A set no reader takes for a point: an interval with a closed or infinite end, or a union (`(1, 2)` is not);
+    also as the right side of `x \\in ...` (math-verify reads it as Eq(x, set))."""
+    if isinstance(value, Eq) and isinstance(value.lhs, Symbol):
+        value = value.rhs
+    if isinstance(value, Interval):
+        return not (value.left_open and value.right_open) or value.start.is_infinite or value.end.is_infinite
+    return isinstance(value, Union)
+
+
 def _verify(gold_parsed: list, pred_parsed: list) -> bool:
     if not gold_parsed or not pred_parsed:
         return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=INNER_TIMEOUT_S))
+    # An inequality answer (`x \ge 2`) is compared with a set ground truth (`[2, \infty)`) when that set cannot be
+    # a point; math-verify does so only on request, because `(1, 2)` may be an ordered pair.
+    as_set = any(_is_unambiguous_set(g) for g in gold_parsed)
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=INNER_TIMEOUT_S, allow_set_relation_comp=as_set))
 
 
 def verify_answer(gold: str, answer: str) -> bool:
@@ -46,6 +60,15 @@ def verify_answer(gold: str, answer: str) -> bool:
 def answers_equivalent(a: str, b: str) -> bool:
     """Two answers as written: equivalent if either verifies as the gold of the other (verify is asymmetric)."""
     return verify_answer(a, b) or verify_answer(b, a)
+
+
+def golds_read_as_math(golds: list[str]) -> list[bool]:
+    """For each ground truth: does math-verify read a math expression from it (not only its raw text, or nothing)?
+
+    Without one, `verify` can only compare strings: the ground truth is matched by an identically written answer
+    or never (see verl_ext/reward/ground_truth.py). A parse that times out reads as nothing, as it does when scoring.
+    """
+    return [any(not isinstance(p, str) for p in _parse_gold(g)) for g in golds]
 
 
 def _written(pred_parsed: list) -> str:
@@ -64,3 +87,8 @@ def extract_and_verify(gold: str, text: str) -> tuple[bool, str]:
     """
     pred_parsed = parse(text, _PRED_TARGETS, parsing_timeout=INNER_TIMEOUT_S)
     return _verify(_parse_gold(gold), pred_parsed), _written(pred_parsed)
+
+
+def verify_any(pairs: tuple[tuple[str, str], ...]) -> bool:
+    """Does any (gold, answer) pair verify? The readings of one answer (decimal comma, percent), one round trip."""
+    return any(verify_answer(gold, answer) for gold, answer in pairs)

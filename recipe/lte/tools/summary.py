@@ -50,7 +50,17 @@ def summarize(records: Sequence[dict]) -> dict[str, float]:
         out[f"{c}_after"] = total(f"groups/{c}_after")
     for k in KINDS:
         out[f"kind_{k}"] = total(f"extra/kind_{k}")
-    for key in ("ran", "skipped_too_long", "skipped_no_hint", "error", "rescued", "replaced", "correct", "tokens"):
+    for key in (
+        "ran",
+        "skipped_too_long",
+        "skipped_no_hint",
+        "skipped_bad_ground_truth",
+        "error",
+        "rescued",
+        "replaced",
+        "correct",
+        "tokens",
+    ):
         out[key] = total(f"extra/{key}")
     out["rescue_rate"] = out["rescued"] / out["ran"] if out["ran"] else 0.0
     if records:
@@ -84,8 +94,9 @@ def format_summary(s: dict[str, float], checkpoint: str | None) -> str:
             ", ".join(f"{k} {s[f'kind_{k}']:.0f}" for k in KINDS if k != core.REFERENCE or s[f"kind_{k}"]),
         ),
         (
-            "extra phases skipped (too long / no hint) / errors",
-            f"{s['skipped_too_long']:.0f} / {s['skipped_no_hint']:.0f} / {s['error']:.0f}",
+            "extra phases skipped (too long / no hint / bad ground truth) / errors",
+            f"{s['skipped_too_long']:.0f} / {s['skipped_no_hint']:.0f} / {s['skipped_bad_ground_truth']:.0f} / "
+            f"{s['error']:.0f}",
         ),
         ("groups rescued / extra phases run", f"{s['rescued']:.0f} / {s['ran']:.0f} ({s['rescue_rate']:.1%})"),
         ("responses replaced", f"{s['replaced']:.0f}"),

