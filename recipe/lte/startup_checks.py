@@ -154,10 +154,13 @@ def check_reference_data(config: DictConfig) -> None:
 def luffy_rows_without_reference(path: str, batch_rows: int = 2048) -> list[int]:
     """``extra_info.index`` (the row number where absent) of the rows of a parquet with no usable reference solution.
 
-    Streams the ``extra_info`` column in batches: the 46k R1 traces of Openr1-Math-46k-8192 are most of the file."""
+    Streams the ``extra_info`` column of a parquet in batches: the 46k R1 traces of Openr1-Math-46k-8192 are most of
+    the file. A ``.json`` / ``.jsonl`` file (verl's dataset reads those too) is read whole."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    if path.endswith((".json", ".jsonl")):
+        return _json_rows_without_reference(path)
     parquet = pq.ParquetFile(path)
     if "extra_info" not in parquet.schema_arrow.names:
         return list(range(parquet.metadata.num_rows))
@@ -175,4 +178,18 @@ def luffy_rows_without_reference(path: str, batch_rows: int = 2048) -> list[int]
         index = pc.struct_field(extra, "index").to_pylist() if "index" in names else [None] * n
         missing += [index[i] if index[i] is not None else row + i for i in range(n) if blank[i]]
         row += n
+    return missing
+
+
+def _json_rows_without_reference(path: str) -> list[int]:
+    """``luffy_rows_without_reference`` for a JSON (lines) file, read as ``data_prep.check`` reads it."""
+    import pandas as pd
+
+    frame = pd.read_json(path, lines=path.endswith(".jsonl"), dtype=False)
+    extras = frame["extra_info"].tolist() if "extra_info" in frame.columns else [None] * len(frame)
+    missing = []
+    for row, extra in enumerate(extras):
+        extra = extra if isinstance(extra, dict) else {}
+        if luffy.reference_text(extra.get(luffy.REFERENCE_KEY)) is None:
+            missing.append(extra["index"] if extra.get("index") is not None else row)
     return missing

@@ -101,6 +101,18 @@ def test_luffy_refuses_training_rows_without_a_reference_naming_them(tmp_path):
     check_reference_data(_cfg(f"data.train_files={bad}"))
 
 
+def test_luffy_reference_check_reads_json_lines_files_as_verl_does(tmp_path):
+    import pandas as pd
+
+    rows = [{"extra_info": {"index": 7, "reference": "ok"}}, {"extra_info": {"index": 8, "reference": " "}},
+            {"extra_info": {"index": None}}, {"prompt": "no extra_info"}]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    assert luffy_rows_without_reference(str(path)) == [8, 2, 3]  # blank; no field (row 2); no extra_info (row 3)
+    with pytest.raises(ValueError, match=r"train\.jsonl: 3 rows have no reference solution"):
+        check_reference_data(_cfg(*LUFFY, f"data.train_files={path}"))
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
