@@ -1,6 +1,7 @@
 """`python -m data_prep`: build verl RL parquet for the training sets and the six benchmarks.
 
 python -m data_prep openr1 --out data/                 # training set from the hub (default training set)
+python -m data_prep openr1_luffy --out data/           # the same rows under LUFFY's system prompt (LUFFY arm)
 python -m data_prep benchmarks --out data/             # the six benchmarks + benchmarks_val.parquet
 python -m data_prep math500 aime24 --local math500=/dl/math500.jsonl --local aime24=/dl/aime24/
 python -m data_prep list                               # sources, hub ids, columns, templates
@@ -17,7 +18,7 @@ import pandas as pd
 
 from data_prep.build import build_source, write_parquet
 from data_prep.sources import BENCHMARK_SOURCES, SOURCES, TRAIN_SOURCES
-from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES
+from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES, TEMPLATE_SYSTEM_PROMPTS
 
 COMBINED_VAL = "benchmarks_val"
 
@@ -52,11 +53,14 @@ def _list() -> None:
             configs = f" {list(s.configs)}" if s.configs != (None,) else ""
             print(
                 f"    {s.name}: {s.hub_id}{configs} {s.split} | {s.problem_column} -> {s.answer_column} | "
-                f"{s.data_source}" + (f"  ({s.note})" if s.note else "")
+                f"{s.data_source}"
+                + (f" | reference: {s.reference_column}" if s.reference_column else "")
+                + (f"  ({s.note})" if s.note else "")
             )
     print(f"templates (default {DEFAULT_TEMPLATE!r}):")
     for name, text in PROMPT_TEMPLATES.items():
-        print(f"  {name}: {text!r}")
+        system = f" (system: {TEMPLATE_SYSTEM_PROMPTS[name][:60]!r}...)" if name in TEMPLATE_SYSTEM_PROMPTS else ""
+        print(f"  {name}: {text!r}{system}")
 
 
 def check_main(argv: list[str]) -> int:
@@ -152,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--template",
-        default=DEFAULT_TEMPLATE,
+        default=None,
         choices=sorted(PROMPT_TEMPLATES),
-        help=f"prompt template, the same for training and evaluation (default {DEFAULT_TEMPLATE})",
+        help=f"prompt template, the same for training and evaluation (default: {DEFAULT_TEMPLATE}; "
+        "openr1_luffy: luffy)",
     )
     ap.add_argument("--system-prompt", default=None, help="optional system turn before the user turn")
     ap.add_argument("--limit", type=int, default=None, help="read only the first N source rows (smoke tests)")

@@ -2,7 +2,8 @@
 
 Output columns (verl's RL layout): `data_source`, `prompt` (chat list from `build_prompt`), `ability` ("math"),
 `reward_model{style: "rule", ground_truth: str}`, `extra_info{split, index, problem, template, source,
-source_index}`. Every dropped row is counted under its reason in the report; nothing is dropped silently.
+source_index}` (+ `reference`, the row's reference solution or None, for sources that have one). Every dropped row
+is counted under its reason in the report, every row without a reference too; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from data_prep.sources import Source
-from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES, build_prompt
+from data_prep.templates import DEFAULT_TEMPLATE, PROMPT_TEMPLATES, TEMPLATE_SYSTEM_PROMPTS, build_prompt
+from recipe.lte.luffy import REFERENCE_KEY, reference_text
 from verl_ext.reward.math_reward import answer_to_text
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -37,6 +39,7 @@ class Report:
     normalised: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
     examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> first few source row indices
+    without_reference: list[int] = field(default_factory=list)  # written rows (extra_info.index) with no reference
 
     def drop(self, reason: str, index: int) -> None:
         self.dropped[reason] += 1
@@ -54,6 +57,7 @@ class Report:
             "dropped_examples_source_index": self.examples,
             "normalised": dict(self.normalised),
             "warnings": self.warnings,
+            "rows_without_reference": self.without_reference,
         }
 
     def text(self) -> str:
@@ -63,6 +67,11 @@ class Report:
             for reason, n in sorted(self.dropped.items())
         ]
         lines += [f"  normalised {n:>3}  {what}" for what, n in sorted(self.normalised.items())]
+        if self.without_reference:
+            lines.append(
+                f"  no reference solution in {len(self.without_reference)} written rows (extra_info.index e.g. "
+                f"{self.without_reference[:5]}): kept for RL; lte.mode=luffy refuses them"
+            )
         lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -127,14 +136,18 @@ def _get(row: dict, dotted: str) -> Any:
     return value
 
 
-def _user_turn(chat: Any) -> str | None:
-    """The last user turn of a verl chat list (numpy arrays from parquet included)."""
+def _turn(chat: Any, role: str) -> str | None:
+    """The last turn of ``role`` in a verl chat list (numpy arrays from parquet included)."""
     if hasattr(chat, "tolist"):
         chat = chat.tolist()
     if not isinstance(chat, list):
         return None
-    users = [m.get("content") for m in chat if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else None
+    turns = [m.get("content") for m in chat if isinstance(m, dict) and m.get("role") == role]
+    return turns[-1] if turns else None
+
+
+def _user_turn(chat: Any) -> str | None:
+    return _turn(chat, "user")
 
 
 def extract_problem(row: dict, source: Source) -> Any:
@@ -167,11 +180,14 @@ def build_rows(
     df: pd.DataFrame,
     source: Source,
     split: str,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     system_prompt: str | None = None,
     origin: str = "",
 ) -> tuple[list[dict], Report]:
-    """Validated, normalised verl rows for one source; the report counts every drop and normalisation."""
+    """Validated, normalised verl rows for one source; the report counts every drop and normalisation.
+
+    ``template`` None: the source's own (``Source.template``), else the default."""
+    template = template or source.template or DEFAULT_TEMPLATE
     if template not in PROMPT_TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {sorted(PROMPT_TEMPLATES)}")
     report = Report(source.name, origin or source.hub_id, rows_read=len(df))
@@ -180,6 +196,11 @@ def build_rows(
         raise ValueError(
             f"{source.name} ({report.origin}): column(s) {missing} not found; columns are {list(df.columns)}. "
             f"Local files must keep the hub's layout of {source.hub_id}."
+        )
+    if source.reference_column and source.reference_column.split(".")[0] not in df.columns:
+        raise ValueError(
+            f"{source.name} ({report.origin}): reference column {source.reference_column!r} not found; columns are "
+            f"{list(df.columns)}. Local files must keep the hub's layout of {source.hub_id}."
         )
     rows: list[dict] = []
     seen: dict[str, str] = {}
@@ -216,20 +237,29 @@ def build_rows(
             continue
         if source.dedupe:
             seen[problem] = answer
+        extra_info = {
+            "split": split,
+            "index": len(rows),
+            "problem": problem,
+            "template": template,
+            "source": source.hub_id,
+            "source_index": i,
+        }
+        row_system = _turn(_get(raw, source.problem_column), "system")
+        template_system = system_prompt or TEMPLATE_SYSTEM_PROMPTS.get(template)
+        if template_system and row_system and row_system != template_system:
+            report.normalised["the row's own system turn replaced by the template's"] += 1
+        if source.reference_column:
+            extra_info[REFERENCE_KEY] = reference_text(_get(raw, source.reference_column))
+            if extra_info[REFERENCE_KEY] is None:
+                report.without_reference.append(len(rows))
         rows.append(
             {
                 "data_source": source.data_source,
                 "prompt": build_prompt(problem, template, system_prompt),
                 "ability": "math",
                 "reward_model": {"style": "rule", "ground_truth": answer},
-                "extra_info": {
-                    "split": split,
-                    "index": len(rows),
-                    "problem": problem,
-                    "template": template,
-                    "source": source.hub_id,
-                    "source_index": i,
-                },
+                "extra_info": extra_info,
             }
         )
     report.rows_written = len(rows)
@@ -252,7 +282,7 @@ def build_source(
     out_dir: Path,
     local: str | Path | None = None,
     split: str = "train",
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     system_prompt: str | None = None,
     limit: int | None = None,
 ) -> tuple[Path, list[dict], Report]:

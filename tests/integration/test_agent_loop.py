@@ -72,7 +72,8 @@ class ScriptedLLM:
         ids = self.tokenizer.encode(pool[i % len(pool)], add_special_tokens=False)
         ids = ids[:RESPONSE_LENGTH] if len(ids) >= RESPONSE_LENGTH else ids + [self.tokenizer.eos_token_id]
         logprob = HINT_LOGPROB if hinted else ORIG_LOGPROB
-        return TokenOutput(token_ids=ids, log_probs=[logprob] * len(ids), stop_reason="completed")
+        log_probs = [logprob] * len(ids) if sampling_params.get("logprobs", True) else None  # as vLLM: on request
+        return TokenOutput(token_ids=ids, log_probs=log_probs, stop_reason="completed")
 
 
 def _write_dataset(path, tags, script=SCRIPTS):
@@ -421,6 +422,160 @@ def test_free_text_numbers_are_not_quoted_as_final_answers_unless_asked(
         hints[source] = next(p for p in worker.llm_client.prompts if HINT_MARK in p)
     assert kinds == {"boxed": core.EXTRA_KIND_CODES["concise"], "any": core.EXTRA_KIND_CODES["hint"]}
     assert "- 3\n" not in hints["boxed"] and "- 3\n" in hints["any"]
+
+
+# ---- lte.mode=luffy: on-policy rollouts + the dataset's reference solution -------------------------------------
+
+LUFFY_REFS = {
+    "P_SOME": "<think>\nthree</think> \\boxed{3}",  # passes; the chat template does not open <think>: kept whole
+    "P_HINT": "Six. \\boxed{6}",  # a none-pass group: the reference passes
+    "P_ALL": LONG + "\\boxed{2}",  # longer than the response length: cut, no EOS, no answer left
+}
+LUFFY_OVERRIDES = ("lte.loss.off_policy_mode=luffy_prob", "actor_rollout_ref.rollout.calculate_log_probs=false")
+
+
+def _write_luffy_dataset(path, refs):
+    _write_dataset(path, list(refs))
+    df = pd.read_parquet(path)
+    df["extra_info"] = [{**e, "reference": refs[t]} for e, t in zip(df["extra_info"], refs, strict=True)]
+    df.to_parquet(path)
+
+
+def _luffy_run(tiny_model_dir, tmp_path, reward_handles, prefix, refs, *extra):
+    data_path = tmp_path / f"{prefix}.parquet"
+    _write_luffy_dataset(data_path, refs)
+    config = _config(tiny_model_dir, data_path, "luffy", *LUFFY_OVERRIDES, *extra)
+    worker = _worker(config, reward_handles)
+    listed = asyncio.run(_run(worker, _make_batch(config, worker.tokenizer, data_path, prefix), "train"))
+    keys = sorted(k for k in listed if k.startswith(prefix) and k.count("_") == 2)
+    return config, worker, listed, keys
+
+
+class _Batch:
+    """What verl's _compute_advantage reads of its KVBatchMeta: the keys, the partition, the length."""
+
+    def __init__(self, keys):
+        self.keys, self.partition_id = list(keys), "train"
+
+    def __len__(self):
+        return len(self.keys)
+
+
+def _advantages(config, keys, estimator):
+    """The LTE trainer's own _compute_advantage on the rows in TransferQueue; advantages per key (first token)."""
+    import transfer_queue as tq
+
+    from recipe.lte.trainer import LTETrainer
+    from verl_ext.advantage.grpo_on_policy_stats import register_grpo_on_policy_stats
+
+    register_grpo_on_policy_stats()
+    config.algorithm.adv_estimator = estimator
+    trainer = LTETrainer.__new__(LTETrainer)  # only the advantage step: no workers
+    trainer.config = config
+    trainer._compute_advantage(_Batch(keys), {})
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])
+    return {k: float(a[0]) for k, a in zip(keys, data["advantages"].unbind(), strict=True)}
+
+
+def test_luffy_mode_adds_the_reference_under_the_original_prompt(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    import transfer_queue as tq
+
+    from recipe.lte import core
+
+    config, worker, listed, keys = _luffy_run(
+        tiny_model_dir, tmp_path, reward_handles, "lf-", LUFFY_REFS, "algorithm.norm_adv_by_std_in_grpo=false"
+    )
+    tok = worker.tokenizer
+    tags = list(LUFFY_REFS)
+    # G rows a prompt: G-1 on-policy (the LLM is asked G-1 times, never with a hint) + the reference as session G-1
+    assert keys == sorted(f"lf-{i}_{s}_0" for i in range(len(tags)) for s in range(N))
+    assert all(listed[f"lf-{i}"]["status"] == "finished" for i in range(len(tags)))
+    assert len(worker.llm_client.prompts) == len(tags) * (N - 1)
+    assert not any(HINT_MARK in p for p in worker.llm_client.prompts)
+    fields = ["uid", "prompts", "responses", "response_mask", "rm_scores", "lte_off_policy", "lte_replaced",
+              "lte_orig_pass", "lte_extra_kind", "lte_extra_status", "lte_extra_correct", "lte_extra_tokens"]  # fmt: skip
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+    row = {k: {f: data[f][j] for f in fields} for j, k in enumerate(keys)}
+    # No row carries rollout log-probs (calculate_log_probs=false): the reference has none to give
+    assert "rollout_log_probs" not in tq.kv_batch_get(keys=keys, partition_id="train").keys()
+    kind, status = core.EXTRA_KIND_CODES, core.EXTRA_STATUS_CODES
+    for i, tag in enumerate(tags):
+        ref, on = row[f"lf-{i}_{N - 1}_0"], [row[f"lf-{i}_{s}_0"] for s in range(N - 1)]
+        # the ORIGINAL prompt's ids, as every on-policy row of the group has them
+        assert all(r["prompts"].tolist() == ref["prompts"].tolist() for r in on)
+        # the reference's tokens + EOS, cut to the response length (then no EOS); every token trained
+        ids = tok.encode(LUFFY_REFS[tag], add_special_tokens=False) + [tok.eos_token_id]
+        cut = len(ids) > RESPONSE_LENGTH
+        assert ref["responses"].tolist() == ids[:RESPONSE_LENGTH]
+        assert ref["response_mask"].tolist() == [1] * min(len(ids), RESPONSE_LENGTH)
+        assert (ref["lte_off_policy"].item(), ref["lte_replaced"].item(), ref["lte_orig_pass"].item()) == (1, 0, 0)
+        assert all(r["lte_off_policy"].item() == 0 for r in on)
+        # scored by the project's reward: the cut reference lost its \boxed{} answer
+        assert float(ref["rm_scores"].sum()) == (0.0 if cut else 1.0)
+        assert cut == (tag == "P_ALL")
+        assert ref["lte_extra_kind"].item() == kind["reference"] and ref["lte_extra_correct"].item() == int(not cut)
+        assert ref["lte_extra_status"].item() == status["reference_truncated" if cut else "ran"]
+        assert ref["lte_extra_tokens"].item() == min(len(ids), RESPONSE_LENGTH)
+
+    # Advantages by the trainer's own step, against the rows' rewards by hand (no std normalisation, LUFFY's):
+    # grpo = reward - mean of the group's G rewards; grpo_on_policy_stats = reward - mean of the G-1 on-policy ones.
+    score = {k: float(row[k]["rm_scores"].sum()) for k in keys}
+    for estimator, stats_rows in (("grpo", range(N)), ("grpo_on_policy_stats", range(N - 1))):
+        adv = _advantages(config, keys, estimator)
+        for i in range(len(tags)):
+            group = [f"lf-{i}_{s}_0" for s in range(N)]
+            mean = sum(score[group[s]] for s in stats_rows) / len(stats_rows)
+            for k in group:
+                assert adv[k] == pytest.approx(score[k] - mean, abs=1e-6), (estimator, k)
+    # e.g. P_HINT (none of the on-policy rows pass, the reference does): the reference's advantage is 1 - 1/4
+    # under grpo, 1 - 0 under grpo_on_policy_stats
+    assert adv[f"lf-1_{N - 1}_0"] == pytest.approx(1.0)
+
+
+def test_luffy_none_pass_groups_get_the_reference_in_place_of_a_failure(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles
+):
+    refs = {"P_SOME": LUFFY_REFS["P_SOME"], "P_HINT": LUFFY_REFS["P_HINT"]}
+    _, worker, _, keys = _luffy_run(
+        tiny_model_dir, tmp_path, reward_handles, "np-", refs, "lte.luffy.reference_groups=none_pass"
+    )
+    import transfer_queue as tq
+
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["lte_off_policy", "lte_replaced"])
+    off = dict(zip(keys, data["lte_off_policy"].tolist(), strict=True))
+    rep = dict(zip(keys, data["lte_replaced"].tolist(), strict=True))
+    assert len(keys) == 2 * N and len(worker.llm_client.prompts) == 2 * N  # G on-policy each
+    assert sum(off[f"np-0_{s}_0"] for s in range(N)) == 0  # P_SOME has a pass: no reference
+    assert sum(off[f"np-1_{s}_0"] for s in range(N)) == 1  # P_HINT: one failure replaced by the reference
+    assert [off[f"np-1_{s}_0"] for s in range(N)] == [rep[f"np-1_{s}_0"] for s in range(N)]
+
+
+def test_luffy_row_without_a_reference_fails_its_group_naming_the_row(
+    ray_tq, tiny_model_dir, tmp_path, reward_handles, caplog
+):
+    _, worker, listed, keys = _luffy_run(tiny_model_dir, tmp_path, reward_handles, "nr-", {"P_SOME": "  "})
+    assert listed["nr-0"]["status"] == "failure" and keys == []  # never trained on an empty response
+    assert "training row 0 (extra_info.index) has no reference solution" in caplog.text
+    assert worker.llm_client.prompts == []
+
+
+def test_rollout_log_probs_must_be_on_every_row_or_none(ray_tq, tiny_model_dir, tmp_path, reward_handles):
+    """Why lte.mode=luffy refuses rollout.calculate_log_probs=true: the reference row has no log-probs, and a
+    TransferQueue batch read leaves out a field that some of the rows lack -- while verl's trainer reads
+    rollout_log_probs for the whole batch whenever calculate_log_probs=true."""
+    import transfer_queue as tq
+
+    refs = {"P_SOME": LUFFY_REFS["P_SOME"]}
+    # the worker runs without the start-up checks: on-policy rows get log-probs, the reference none
+    _, _, _, keys = _luffy_run(
+        tiny_model_dir, tmp_path, reward_handles, "lp-", refs, "actor_rollout_ref.rollout.calculate_log_probs=true"
+    )
+    on_policy = [k for k in keys if not k.startswith(f"lp-0_{N - 1}_")]
+    assert tq.kv_batch_get(keys=on_policy, partition_id="train", select_fields=["rollout_log_probs"]) is not None
+    # With the reference row in the batch the field is silently dropped for EVERY row: verl's trainer would then
+    # fail in its rollout-vs-actor metrics (KeyError) or, worse, skip rollout correction for the whole batch.
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rollout_log_probs", "responses"])
+    assert "responses" in data.keys() and "rollout_log_probs" not in data.keys()
 
 
 @pytest.mark.parametrize("mode", ["lte", "grpo_extra"])

@@ -71,7 +71,7 @@ def never_eq(a: str, b: str) -> bool:
 
 def test_code_tables_are_stable_and_invertible():
     # The integers travel through TransferQueue: changing them silently would misread rows.
-    assert EXTRA_KIND_CODES == {"none": -1, "concise": 0, "concise_hint": 1, "hint": 2, "unhinted": 3}
+    assert EXTRA_KIND_CODES == {"none": -1, "concise": 0, "concise_hint": 1, "hint": 2, "unhinted": 3, "reference": 10}
     assert EXTRA_STATUS_CODES == {
         "not_needed": 0,
         "ran": 1,
@@ -79,6 +79,7 @@ def test_code_tables_are_stable_and_invertible():
         "error": 3,
         "skipped_no_hint": 4,
         "skipped_bad_ground_truth": 5,
+        "reference_truncated": 10,
     }
     assert code_to_name(EXTRA_KIND_CODES, 2) == "hint"
     assert code_to_name(EXTRA_KIND_CODES, -1) == "none"

@@ -35,6 +35,7 @@ EXPECTED = {
             ("What is $1+1$?", "2"),
             ("Compute $\\frac{1}{2}+\\frac{1}{4}$.", "\\frac{3}{4}"),
             ("Solve $x^2=4$ for $x>0$.", "2"),
+            ("Find $z$ if $z+1=3$.", "2"),  # kept: a blank reference solution does not drop the row
         ],
         {"empty problem": 1, "missing answer": 1, "duplicate problem": 1},
         "openr1",
@@ -186,8 +187,52 @@ def test_verl_rlhf_dataset_reads_the_output(tmp_path, tiny_model_dir):
     )
     files = [str(tmp_path / f"{n}.parquet") for n in ("openr1", "math500", "olympiadbench")]
     ds = RLHFDataset(data_files=files, tokenizer=tok, config=config)
-    assert len(ds) == 3 + 2 + 2
-    item = ds[4]  # math500's second row
+    assert len(ds) == 4 + 2 + 2
+    assert ds[0]["extra_info"]["reference"] == "<think>...</think> \\boxed{2}"  # the agent loop reads it here
+    item = ds[5]  # math500's second row
     assert item["raw_prompt"] == data_prep.build_prompt("Compute $\\dbinom{5}{2}$.", system_prompt="Be brief.")
     assert item["reward_model"]["ground_truth"] == "10" and item["data_source"] == "math"
     assert item["index"] == 1 and item["extra_info"]["template"] == data_prep.DEFAULT_TEMPLATE
+
+
+def test_openr1_keeps_each_rows_reference_solution_and_counts_rows_without():
+    rows, report = _build("openr1")
+    refs = [r["extra_info"]["reference"] for r in rows]
+    # The fixture's `target` column: [{"role": "assistant", "content": ...}], as in Openr1-Math-46k-8192; row 6 of
+    # the source is blank.
+    assert refs == [
+        "<think>...</think> \\boxed{2}",
+        "<think>...</think> \\boxed{\\frac{3}{4}}",
+        "<think>...</think> \\boxed{2}",
+        None,
+    ]
+    assert report.without_reference == [3]
+    assert "no reference solution in 1 written rows (extra_info.index e.g. [3])" in report.text()
+    assert report.to_dict()["rows_without_reference"] == [3]
+    # Sources without a reference column carry no such key.
+    rows, report = _build("math500")
+    assert all("reference" not in r["extra_info"] for r in rows) and report.without_reference == []
+
+
+def test_luffy_template_is_the_bare_problem_under_luffys_system_prompt():
+    from data_prep.templates import LUFFY_SYSTEM_PROMPT
+
+    # LUFFY's data script's instruction (luffy/scripts/data/prepare_openr1_data_spec_sys.py), as Python reads it.
+    assert LUFFY_SYSTEM_PROMPT.startswith("Your task is to follow a systematic, thorough reasoning process")
+    assert 'format: "<think>\n {thoughts} </think>\n". Each' in LUFFY_SYSTEM_PROMPT
+    assert LUFFY_SYSTEM_PROMPT.endswith(
+        "include the answer in \\boxed{} for closed-form results like multiple choices or mathematical solutions."
+    )
+    assert data_prep.build_prompt("P?", template="luffy") == [
+        {"role": "system", "content": LUFFY_SYSTEM_PROMPT},
+        {"role": "user", "content": "P?"},
+    ]
+    assert data_prep.build_prompt("P?", template="luffy", system_prompt="S")[0]["content"] == "S"
+    # openr1_luffy: the openr1 rows, with the luffy template as the source's own; --template still wins.
+    rows, report = build_rows(read_local(LOCAL["openr1"]), SOURCES["openr1_luffy"], "train")
+    assert [r["prompt"] for r in rows][0] == data_prep.build_prompt("What is $1+1$?", template="luffy")
+    assert rows[0]["extra_info"]["template"] == "luffy" and rows[0]["extra_info"]["reference"].endswith("{2}")
+    # The fixture's system turn is only LUFFY's first sentence: each replaced turn is reported.
+    assert report.normalised == {"the row's own system turn replaced by the template's": 4}
+    rows, _ = build_rows(read_local(LOCAL["openr1"]), SOURCES["openr1_luffy"], "train", template="qwen_boxed")
+    assert rows[0]["extra_info"]["template"] == "qwen_boxed" and len(rows[0]["prompt"]) == 1

@@ -166,6 +166,8 @@ def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
+    from verl_ext.reward.math_reward import compute_score
+
     paths = task.write_parquet(tmp_path)
     assert sorted(paths) == ["heldout", "train", "val"]
     train, val, heldout = paths["train"], paths["val"], paths["heldout"]
@@ -179,6 +181,9 @@ def test_parquet_has_verl_columns_and_loads_in_rlhf_dataset(tmp_path, demo_tok):
     assert row["reward_model"] == {"style": "rule", "ground_truth": p.answer}
     assert row["extra_info"]["split"] == "train" and row["extra_info"]["index"] == 10
     assert row["extra_info"]["n"] == p.n
+    # the reference solution --mode luffy trains on: a correct response in the demo's format
+    assert row["extra_info"]["reference"] == f"\\boxed{{{p.answer}}}" == task.short_response(p.answer)
+    assert compute_score(task.DATA_SOURCE, row["extra_info"]["reference"], p.answer)["score"] == 1.0
 
     config = OmegaConf.create(
         {

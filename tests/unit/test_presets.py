@@ -24,6 +24,9 @@ ARMS = {
     "qwen3-8b-grpo-extra": ("grpo_extra", 0.0, "Qwen/Qwen3-8B-Base"),
     "qwen3-8b-lte": ("lte", 0.0, "Qwen/Qwen3-8B-Base"),
     "qwen3-8b-lte-dagger": ("lte", 0.001, "Qwen/Qwen3-8B-Base"),
+    # LUFFY (the external-guidance baseline): LUFFY's train.sh sets entropy_coeff=0.001
+    "qwen3-4b-luffy": ("luffy", 0.001, "Qwen/Qwen3-4B-Base"),
+    "qwen3-8b-luffy": ("luffy", 0.001, "Qwen/Qwen3-8B-Base"),
 }
 
 
@@ -55,19 +58,38 @@ def test_preset_carries_the_paper_values(composed, name):
     assert cfg.data.train_batch_size == 128
     assert arr.actor.ppo_mini_batch_size == 64
     assert arr.actor.optim.lr == 1e-6
-    assert cfg.lte.loss.gamma == 0.1 and cfg.lte.loss.off_policy_mode == "behavior_ratio"
+    assert cfg.lte.loss.gamma == 0.1
     assert arr.actor.use_kl_loss is False and cfg.algorithm.use_kl_in_reward is False
     assert cfg.data.max_prompt_length == 1024
-    assert (arr.actor.clip_ratio_low, arr.actor.clip_ratio_high) == (0.2, 0.2)
-    # (ours) stated explicitly
-    assert cfg.algorithm.norm_adv_by_std_in_grpo is True
     assert cfg.algorithm.adv_estimator == "grpo"
+    if mode == "luffy":
+        _assert_luffys_setup(cfg)
+    else:
+        assert cfg.lte.loss.off_policy_mode == "behavior_ratio"
+        assert (arr.actor.clip_ratio_low, arr.actor.clip_ratio_high) == (0.2, 0.2)
+        assert cfg.algorithm.norm_adv_by_std_in_grpo is True  # (ours) stated explicitly
+        assert arr.actor.loss_agg_mode == "token-mean" and arr.rollout.calculate_log_probs is True
+        assert cfg.data.train_files.endswith("/openr1.parquet")
     # layout: FSDP2 + vLLM hybrid engine on 8 GPUs per node, loggers as verl does
     assert arr.actor.strategy == "fsdp2" and arr.rollout.name == "vllm" and arr.rollout.mode == "async"
     assert cfg.trainer.n_gpus_per_node == 8 and cfg.trainer.nnodes == 1
     assert list(cfg.trainer.logger) == ["console", "wandb", "tensorboard"]
     assert cfg.trainer.experiment_name == name
     assert arr.model.path == "/local/weights"
+
+
+def _assert_luffys_setup(cfg):
+    """LUFFY's published setup (exp_scripts/train.sh of github.com/ElliottYan/LUFFY), key by key."""
+    arr = cfg.actor_rollout_ref
+    assert cfg.lte.luffy.num_on_policy is None and cfg.lte.luffy.reference_groups == "all"  # n=8, n_prefix=1
+    assert cfg.lte.loss.off_policy_mode == "luffy_prob"  # off_policy_reshape=p_div_p_0.1
+    assert cfg.algorithm.norm_adv_by_std_in_grpo is False  # algorithm.grpo_use_std=False
+    # loss_remove_clip=True: bounds that never bind (log-ratio clamped to +-20 and exp(20) < 1e9)
+    assert (arr.actor.clip_ratio_low, arr.actor.clip_ratio_high, arr.actor.clip_ratio_c) == (1.0, 1e9, 1e9)
+    # loss_remove_token_mean=True: token sum / max response length
+    assert arr.actor.loss_agg_mode == "seq-mean-token-sum-norm" and arr.actor.loss_scale_factor == 8192
+    assert arr.rollout.calculate_log_probs is False  # the reference row has no behaviour log-probs
+    assert cfg.data.train_files.endswith("/openr1_luffy.parquet")  # LUFFY's system prompt + references
 
 
 @pytest.mark.parametrize("name", sorted(ARMS))

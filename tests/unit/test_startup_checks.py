@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from recipe.lte.main_lte import compose_config, prepare_config
-from recipe.lte.startup_checks import check_config, lte_config, lte_loss_config
+from recipe.lte.startup_checks import (
+    check_config,
+    check_reference_data,
+    lte_config,
+    lte_loss_config,
+    luffy_config,
+    luffy_rows_without_reference,
+)
 
 IS_TOKEN = ["algorithm.rollout_correction.rollout_is=token"]
 
@@ -31,6 +38,83 @@ def test_every_arm_composes(mode):
     assert lte_config(prepare_config(_cfg(f"lte.mode={mode}"))).mode == mode
 
 
+# LUFFY's settings as the presets and the CPU demo take them (recipe/lte/config/preset/_luffy.yaml).
+LUFFY = ("+preset=_luffy",)
+
+
+def test_luffy_arm_composes_with_its_settings():
+    cfg = prepare_config(_cfg(*LUFFY))
+    assert lte_config(cfg).mode == "luffy"
+    assert (luffy_config(cfg).num_on_policy, luffy_config(cfg).reference_groups) == (None, "all")
+    assert lte_loss_config(cfg).off_policy_mode == "luffy_prob"
+    # LUFFY's variant of the advantage statistics is accepted in this mode only
+    prepare_config(_cfg(*LUFFY, "algorithm.adv_estimator=grpo_on_policy_stats"))
+    with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=grpo_on_policy_stats.*lte\.mode=luffy only"):
+        check_config(_cfg("algorithm.adv_estimator=grpo_on_policy_stats"))
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        # the reference solution has no behaviour log-probs
+        (
+            ["lte.mode=luffy", "actor_rollout_ref.rollout.calculate_log_probs=false"],
+            "lte.loss.off_policy_mode=behavior_ratio",
+        ),
+        ([*LUFFY, "actor_rollout_ref.rollout.calculate_log_probs=true"], "calculate_log_probs=false"),
+        ([*LUFFY, "lte.luffy.reference_groups=some"], "lte.luffy.reference_groups"),
+        ([*LUFFY, "lte.luffy.num_on_policy=0"], "lte.luffy.num_on_policy"),
+        ([*LUFFY, "+lte.luffy.typo=1"], "lte.luffy.typo"),
+        ([*LUFFY, "algorithm.adv_estimator=gae"], "algorithm.adv_estimator"),
+    ],
+)
+def test_luffy_refusals_name_the_key_and_the_fix(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        check_config(_cfg(*overrides))
+
+
+def _parquet(path, references):
+    import pandas as pd
+
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "extra_info": {"index": 10 + i, "reference": r}}
+            for i, r in enumerate(references)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+def test_luffy_refuses_training_rows_without_a_reference_naming_them(tmp_path):
+    good = _parquet(tmp_path / "good.parquet", ["<think>a</think> \\boxed{1}", "b"])
+    bad = _parquet(tmp_path / "bad.parquet", ["ok", None, "  \n", "ok", ""])
+    assert luffy_rows_without_reference(good) == []
+    assert luffy_rows_without_reference(bad) == [11, 12, 14]  # extra_info.index of None, blank, empty
+    assert luffy_rows_without_reference(bad, batch_rows=2) == [11, 12, 14]  # streamed in batches
+    check_reference_data(_cfg(*LUFFY, f"data.train_files={good}"))
+    with pytest.raises(ValueError, match=r"bad\.parquet: 3 rows have no reference solution .*\[11, 12, 14\]") as err:
+        check_reference_data(_cfg(*LUFFY, f"data.train_files=[{good},{bad}]"))
+    assert "python -m data_prep openr1_luffy" in str(err.value) and "good.parquet" not in str(err.value)
+    # a file without the field at all: every row, by row number
+    import pandas as pd
+
+    pd.DataFrame([{"prompt": [{"role": "user", "content": "q"}], "extra_info": {"index": 5}}] * 2).to_parquet(
+        tmp_path / "plain.parquet"
+    )
+    assert luffy_rows_without_reference(str(tmp_path / "plain.parquet")) == [5, 5]
+    # other arms do not read the data
+    check_reference_data(_cfg(f"data.train_files={bad}"))
+
+
+def test_luffy_reference_check_reads_json_lines_files_as_verl_does(tmp_path):
+    import pandas as pd
+
+    rows = [{"extra_info": {"index": 7, "reference": "ok"}}, {"extra_info": {"index": 8, "reference": " "}},
+            {"extra_info": {"index": None}}, {"prompt": "no extra_info"}]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    assert luffy_rows_without_reference(str(path)) == [8, 2, 3]  # blank; no field (row 2); no extra_info (row 3)
+    with pytest.raises(ValueError, match=r"train\.jsonl: 3 rows have no reference solution"):
+        check_reference_data(_cfg(*LUFFY, f"data.train_files={path}"))
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -48,7 +132,7 @@ def test_every_arm_composes(mode):
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
         (["trainer.v1.trainer_mode=separate_async"], "trainer.v1.trainer_mode"),
         (["actor_rollout_ref.rollout.agent.agent_loop_manager_class=x.Y"], "agent_loop_manager_class"),
-        (["lte.mode=luffy"], "lte.mode"),
+        (["lte.mode=bogus"], "lte.mode"),
         (["lte.loss.gamma=0"], "lte.loss.gamma"),
         (["lte.loss.off_policy_mode=bogus"], "lte.loss.off_policy_mode"),
         (["+lte.typo=1"], "lte.typo"),

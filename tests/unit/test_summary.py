@@ -63,3 +63,10 @@ def test_step_line_reads_like_the_run():
     assert "on-policy acc 0.250" in line
     assert "no LTE info" in format_step_line(5, {})
     assert "none" in format_summary(summarize([]), None)
+
+
+def test_luffy_runs_show_their_references_among_the_kinds():
+    luffy = [{"step": 1, "lte/extra/ran": 8, "lte/extra/kind_reference": 8, "lte/extra/correct": 7}]
+    assert "unhinted 0, reference 8" in format_summary(summarize(luffy), None)
+    lte = [{"step": 1, "lte/extra/ran": 1, "lte/extra/kind_hint": 1}]
+    assert "reference" not in format_summary(summarize(lte), None)  # an LTE run's table is unchanged

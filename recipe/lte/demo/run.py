@@ -1,6 +1,6 @@
 """Real LTE training on a CPU, end to end, in a few minutes: ``bash run_lte.sh`` on a machine with no CUDA GPU.
 
-    python -m recipe.lte.demo.run [--out DIR] [--steps N] [--mode lte|grpo_extra|grpo] [hydra overrides...]
+    python -m recipe.lte.demo.run [--out DIR] [--steps N] [--mode lte|grpo_extra|grpo|luffy] [hydra overrides...]
 
 1. builds (or reuses) the demo: a tiny model warmed up on "Compute N mod 10" so that it succeeds sometimes,
    fails sometimes and heeds hints (``recipe.lte.demo``), and its RL parquet;
@@ -70,7 +70,11 @@ def demo_overrides(build: dict, run_dir: Path, steps: int, mode: str) -> list[st
     """The demo's training settings on top of the recipe config (sizes for a 2-core machine)."""
     from recipe.lte.demo import task
 
+    # LUFFY's settings, as its presets take them (recipe/lte/config/preset/_luffy.yaml); the rows' reference is a
+    # correct demo response.
+    arm = ["+preset=_luffy"] if mode == "luffy" else []
     return [
+        *arm,
         f"lte.mode={mode}",
         f"actor_rollout_ref.model.path={build['model_dir']}",
         f"data.train_files={build['train_parquet']}",

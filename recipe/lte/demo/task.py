@@ -247,14 +247,23 @@ SPLITS = {"train": train_problems, "val": val_problems, "heldout": heldout_probl
 
 
 def rl_rows(problems: Sequence[Problem], split: str) -> list[dict]:
-    """verl RL rows: data_source, prompt (chat list), ability, reward_model{style, ground_truth}, extra_info."""
+    """verl RL rows: data_source, prompt (chat list), ability, reward_model{style, ground_truth}, extra_info.
+
+    ``extra_info.reference`` is a correct response in the demo's own format, the external solution that
+    ``--mode luffy`` trains on (as ``python -m data_prep openr1`` keeps Openr1-Math-46k-8192's R1 traces)."""
     return [
         {
             "data_source": DATA_SOURCE,
             "prompt": build_messages(p),
             "ability": ABILITY,
             "reward_model": {"style": "rule", "ground_truth": p.answer},
-            "extra_info": {"split": split, "index": i, "tier": tier_of(p).name, "n": p.n},
+            "extra_info": {
+                "split": split,
+                "index": i,
+                "tier": tier_of(p).name,
+                "n": p.n,
+                "reference": short_response(p.answer),
+            },
         }
         for i, p in enumerate(problems)
     ]

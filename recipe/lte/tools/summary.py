@@ -17,7 +17,7 @@ from recipe.lte import core
 
 METRICS_FILE = core.METRICS_FILE
 CLASSES = core.GROUP_CLASSES
-KINDS = (*core.HINT_KINDS, "unhinted")
+KINDS = (*core.HINT_KINDS, "unhinted", core.REFERENCE)  # "reference": lte.mode=luffy's rows, shown when present
 
 
 def load_metrics(run_dir: str) -> list[dict]:
@@ -91,7 +91,7 @@ def format_summary(s: dict[str, float], checkpoint: str | None) -> str:
         ("groups all/some/none, after LTE", "/".join(f"{s[f'{c}_after']:.0f}" for c in CLASSES)),
         (
             "extra phases by kind",
-            ", ".join(f"{k} {s[f'kind_{k}']:.0f}" for k in KINDS),
+            ", ".join(f"{k} {s[f'kind_{k}']:.0f}" for k in KINDS if k != core.REFERENCE or s[f"kind_{k}"]),
         ),
         (
             "extra phases skipped (too long / no hint / bad ground truth) / errors",
