@@ -102,13 +102,20 @@ class LTETrainer(PPOTrainerSync):
             return {}
         keys = [batch.keys[i] for i in real]
         data = tq.kv_batch_get(
-            keys=keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", *ROW_FIELDS]
+            keys=keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "rm_scores", "response_mask", *ROW_FIELDS],
         )
         scores = [float(s.sum()) for s in data["rm_scores"].unbind()]
         passed = [s >= self.lte.pass_threshold for s in scores]
         uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
         rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
-        return core.step_metrics(rows)
+        m = core.step_metrics(rows)
+        # The hinted rows' response tokens, counted here before verl balances rows over ranks: the loss's
+        # actor/lte/off_policy_tokens (summed over ranks) must find them all (tests/e2e/test_cpu_demo_data_parallel.py).
+        tokens = [int(r.sum()) for r in data["response_mask"].unbind()]
+        m["lte/extra/off_policy_response_tokens"] = sum(t for t, r in zip(tokens, rows, strict=True) if r.off_policy)
+        return m
 
 
 class LTETaskRunner(TaskRunnerV1.__ray_actor_class__):
