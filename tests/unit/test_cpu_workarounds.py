@@ -157,3 +157,24 @@ def test_kv_cache_bytes_from_the_model_config(tmp_path: Path) -> None:
         json.dumps({"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 128, "head_dim": 16})
     )
     assert kv_cache_bytes(str(tmp_path), max_model_len=128, max_num_seqs=1, headroom=1.0) == 2 * 1 * 2 * 16 * 4 * 128
+
+
+def test_cpu_overrides_give_ray_one_logical_gpu_per_data_parallel_rank() -> None:
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=cpu_overrides(n_gpus_per_node=2))
+    assert cfg.trainer.n_gpus_per_node == 2 and cfg.ray_kwargs.ray_init.num_gpus == 2
+    assert sum(o.startswith("+ray_kwargs.ray_init.num_gpus=") for o in cpu_overrides(n_gpus_per_node=2)) == 1
+    with pytest.raises(ValueError, match="n_gpus_per_node must be >= 1"):
+        cpu_overrides(n_gpus_per_node=0)
+
+
+def test_the_demo_passes_the_users_rank_count_to_the_cpu_platform(tiny_model_dir: str) -> None:
+    from recipe.lte.demo.run import train_command
+
+    cmd = train_command(["trainer.n_gpus_per_node=2"], "/tmp/lte-ray-x", tiny_model_dir)
+    assert "+ray_kwargs.ray_init.num_gpus=2" in cmd and "trainer.n_gpus_per_node=2" in cmd
+    assert "+ray_kwargs.ray_init.num_gpus=1" in train_command([], "/tmp/lte-ray-x", tiny_model_dir)

