@@ -423,8 +423,12 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             "extra_correct": 0,
             "extra_tokens": 0,
             "extra_seconds": 0.0,
+            "first_tokens": sum(len(o.response_ids) for o in group),
+            "dedup_timeout": False,  # no hint, no de-duplication
         }
-        rng = core.seeded_rng(self.lte.seed, trajectory["step"], prompt["uid"])
+        # Seeded by the prompt's identity, not verl's per-step uuid4 uid: a rerun repeats the choice (issue 12).
+        identity = core.prompt_identity(prompt["raw_prompt"], trajectory.get("sample_index"))
+        rng = core.seeded_rng(self.lte.seed, trajectory["step"], identity)
         slot = luffy.reference_slot(passed, self.luffy.reference_groups, rng)
         final, orig, off, replaced = list(group), list(passed), [False] * m, [False] * m
         if slot is not None:
