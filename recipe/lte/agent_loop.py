@@ -433,7 +433,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         final, orig, off, replaced = list(group), list(passed), [False] * m, [False] * m
         if slot is not None:
             start = time.monotonic()
-            ref, truncated = await self._reference_output(prompt, group[0].prompt_ids, reference, session_id=slot)
+            ref, truncated = await self._reference_output(prompt, group[0], reference, session_id=slot)
             info["extra_kind"] = core.REFERENCE
             info["extra_status"] = core.REFERENCE_TRUNCATED if truncated else "ran"
             info["extra_correct"] = int(ref.reward_score >= self.lte.pass_threshold)
@@ -449,11 +449,13 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         ]
 
     async def _reference_output(
-        self, prompt: dict, prompt_ids: list[int], reference: str, session_id: int
+        self, prompt: dict, sibling: AgentLoopOutput, reference: str, session_id: int
     ) -> tuple[AgentLoopOutput, bool]:
-        """The reference solution as a scored agent-loop output under ``prompt_ids`` (the original prompt's ids),
-        and whether it was cut to the response length. No behaviour log-probs: no model generated it."""
+        """The reference solution as a scored agent-loop output under the original prompt's ids (``sibling``'s, an
+        on-policy rollout of the group), and whether it was cut to the response length. No behaviour log-probs: no
+        model generated it."""
         tok = self.tokenizer
+        prompt_ids = sibling.prompt_ids
         text = luffy.strip_think_prefix(tok.decode(prompt_ids[-16:]), reference)
         response, truncated = luffy.reference_response(
             tok.encode(text, add_special_tokens=False),
@@ -466,7 +468,13 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             response_mask=[1] * len(response),
             num_turns=2,
             metrics=AgentLoopMetrics(),
-            extra_fields={"turn_scores": [], "tool_rewards": []},  # the single-turn agent loop's schema
+            # The single-turn agent loop's schema; the weights versions of the group's rollouts (verl's trainer reads
+            # them as every row's staleness tags).
+            extra_fields={
+                "turn_scores": [],
+                "tool_rewards": [],
+                **{k: sibling.extra_fields.get(k) for k in ("min_global_steps", "max_global_steps")},
+            },
         )
         kwargs = {k: v for k, v in prompt.items() if k != "agent_name"}
         await self._compute_score([out], kwargs={**kwargs, "session_id": session_id})  # the project's reward
