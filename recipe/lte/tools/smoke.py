@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -149,10 +148,12 @@ def demo_plan(out: Path, build_dir: Path, user: list[str], run_id: str) -> Plan:
     """The CPU demo's smoke run: the demo model and settings on verl's CPU platform."""
     from recipe.lte.demo import task
     from recipe.lte.demo.run import build_in_child, demo_overrides, platform_overrides, train_env
+    from recipe.lte.tools.processes import ray_temp_dir_for
 
     print(f"[smoke] building or reusing the demo model and data in {build_dir}", flush=True)
     build = build_in_child(build_dir)  # the warm-up's memory is gone before the phases (this process is sampled)
-    ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="lte-ray-", dir="/tmp")
+    # Derived from the run id, as the demo's (recipe.lte.tools.processes finds the run's Ray processes by it).
+    ray_temp_dir = os.environ.get("LTE_RAY_TEMP_DIR") or ray_temp_dir_for(run_id)
     training = [
         *demo_overrides(build, out / "ckpt", SMOKE_STEPS, "lte"),
         *SMOKE_OVERRIDES,
@@ -160,8 +161,7 @@ def demo_plan(out: Path, build_dir: Path, user: list[str], run_id: str) -> Plan:
     ]
     # The platform's overrides size vLLM's KV cache from the run's settings, the user's included.
     base = [*platform_overrides(merge_overrides(training, user), ray_temp_dir, build["model_dir"]), *training]
-    env = train_env(run_id)
-    env["LTE_RAY_TEMP_DIR"] = ray_temp_dir
+    env = train_env(run_id, ray_temp_dir)
     return Plan(
         label="cpu-demo",
         preset=None,
