@@ -80,7 +80,12 @@ def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> No
     bench = summary["benchmarks"][0]
     assert bench["problems"] == 4 and bench["n"] == 2 and 0 <= bench["pass_at_k"]["1"] <= 1
     samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4 and all(len(s["responses"]) == 2 for s in samples)
+    # One record per problem and sample (recipe.lte.evaluate's samples.jsonl), each scored.
+    by_problem: dict[str, set[int]] = {}
+    for s in samples:
+        by_problem.setdefault(s["id"], set()).add(s["sample"])
+        assert isinstance(s["acc"], bool), s
+    assert len(samples) == 8 and len(by_problem) == 4 and all(v == {0, 1} for v in by_problem.values()), by_problem
 
     assert run_pids(run_id) == [], "processes of the smoke run are still alive"
     assert not Path(ray_temp).exists()
