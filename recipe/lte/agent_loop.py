@@ -79,6 +79,21 @@ def row_fields(
     return {k: torch.tensor(v, dtype=ROW_FIELDS[k]) for k, v in values.items()}
 
 
+def first_phase_info(group: Sequence[AgentLoopOutput], passed: Sequence[bool]) -> dict:
+    """A group's ``row_fields`` ``group`` values after its first phase (no extra phase yet), one place for every
+    mode so that a new field reaches them all."""
+    return {
+        "group_class": core.classify_group(list(passed)),
+        "extra_kind": "none",
+        "extra_status": "not_needed",
+        "extra_correct": 0,
+        "extra_tokens": 0,
+        "extra_seconds": 0.0,
+        "first_tokens": sum(len(o.response_ids) for o in group),
+        "dedup_timeout": False,
+    }
+
+
 def rows_from_fields(uids: Sequence[str], fields: Mapping[str, Any], passed: Sequence[bool]) -> list[core.RowInfo]:
     """Decode ``row_fields`` of a batch (``[B]`` tensors) back into ``core.RowInfo`` for ``core.step_metrics``."""
 
@@ -273,16 +288,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         n = len(group)
         threshold = self.lte.pass_threshold
         passed = [o.reward_score >= threshold for o in group]
-        info = {
-            "group_class": core.classify_group(passed),
-            "extra_kind": "none",
-            "extra_status": "not_needed",
-            "extra_correct": 0,
-            "extra_tokens": 0,
-            "extra_seconds": 0.0,
-            "first_tokens": sum(len(o.response_ids) for o in group),
-            "dedup_timeout": False,
-        }
+        info = first_phase_info(group, passed)
         final = list(group)
         replaced = [False] * n
         if core.wants_extra_phase(info["group_class"], self.lte.mode) and await self._ground_truth_unusable(prompt):
@@ -416,16 +422,7 @@ class LTEAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         m = self.luffy.on_policy_rollouts(n)
         group = await self._sample(prompt, params, trajectory, trace, range(m))
         passed = [o.reward_score >= self.lte.pass_threshold for o in group]
-        info = {
-            "group_class": core.classify_group(passed),  # of the on-policy rollouts
-            "extra_kind": "none",
-            "extra_status": "not_needed",
-            "extra_correct": 0,
-            "extra_tokens": 0,
-            "extra_seconds": 0.0,
-            "first_tokens": sum(len(o.response_ids) for o in group),
-            "dedup_timeout": False,  # no hint, no de-duplication
-        }
+        info = first_phase_info(group, passed)  # of the on-policy rollouts
         # Seeded by the prompt's identity, not verl's per-step uuid4 uid: a rerun repeats the choice (issue 12).
         identity = core.prompt_identity(prompt["raw_prompt"], trajectory.get("sample_index"))
         rng = core.seeded_rng(self.lte.seed, trajectory["step"], identity)

@@ -147,26 +147,25 @@ def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> li
     return [sys.executable, "-m", "recipe.lte.main_lte", *platform, *overrides]
 
 
+def offline_env() -> dict[str, str]:
+    """What every child of a demo or reproduction run needs: offline hubs, no wandb or Ray usage stats, the
+    repository importable (Ray actors on this machine import the project from it)."""
+    return {
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
+
+
 def train_env(run_id: str, ray_temp_dir: str) -> dict[str, str]:
     """The environment of the training process: the CPU platform's variables, offline hubs, the run's markers."""
     from verl_ext.cpu.env import cpu_env
 
-    env = {**os.environ, **cpu_env()}
-    env.update(
-        {
-            "LTE_RUN_ID": run_id,
-            "LTE_RAY_TEMP_DIR": ray_temp_dir,
-            "WANDB_MODE": "disabled",
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "TOKENIZERS_PARALLELISM": "false",
-            # Ray actors on this machine import the project from the repository.
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        }
-    )
-    return env
+    return {**os.environ, **cpu_env(), **offline_env(), "LTE_RUN_ID": run_id, "LTE_RAY_TEMP_DIR": ray_temp_dir}
 
 
 def stream(proc: subprocess.Popen, log_path: Path) -> None:

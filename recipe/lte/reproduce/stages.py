@@ -36,20 +36,9 @@ VLLM_CPU_BLOCK_TOKENS = 128
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every child: offline hubs, no wandb, the repository importable (Ray actors too)."""
-    env = {**os.environ}
-    env.update(
-        {
-            "WANDB_MODE": "disabled",
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        }
-    )
-    env.update(extra or {})
-    return env
+    from recipe.lte.demo.run import offline_env
+
+    return {**os.environ, **offline_env(), **(extra or {})}
 
 
 def run_child(
