@@ -40,7 +40,9 @@ def ray_head(tmp_path_factory):
     temp_dir = f"/tmp/lte-ray-{run_id[-8:]}"  # short: Ray's socket paths live under it
     home = tmp_path_factory.mktemp("ray_home")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE", "RAY_AUTH_MODE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_MODE") and not k.startswith("RAY_AUTH_")
+    }
     env.update(LTE_RUN_ID=run_id, RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
     ray = str(Path(sys.executable).parent / "ray")
     cmd = [
@@ -88,7 +90,9 @@ def test_run_lte_preflight_joins_the_cluster_named_by_ray_address(ray_head, tmp_
     # No wandb login (HOME without .netrc): run_lte.sh falls back to WANDB_MODE=offline, the entry point's
     # config forwards it, and the task on the joined node sees it.
     address, home = ray_head
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    # RAY_AUTH_*: an earlier test's local ray.init() in this pytest process sets RAY_AUTH_MODE=token in os.environ
+    # (Ray 2.60 enables token auth for every new local cluster); this head has none.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_AUTH_"))}
     env.update(
         RAY_ADDRESS=address,
         HOME=home,
