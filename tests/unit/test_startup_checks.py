@@ -129,7 +129,6 @@ def test_luffy_reference_check_reads_json_lines_files_as_verl_does(tmp_path):
         (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode"),
         (["actor_rollout_ref.rollout.calculate_log_probs=false"], "calculate_log_probs"),
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n"),
-        (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
         (["trainer.v1.trainer_mode=separate_async"], "trainer.v1.trainer_mode"),
         (["actor_rollout_ref.rollout.agent.agent_loop_manager_class=x.Y"], "agent_loop_manager_class"),
         (["lte.mode=bogus"], "lte.mode"),
@@ -164,6 +163,16 @@ def test_luffy_mode_does_not_need_rollout_log_probs():
     check_config(_cfg("lte.loss.off_policy_mode=luffy_prob", "actor_rollout_ref.rollout.calculate_log_probs=false"))
 
 
+@pytest.mark.parametrize("mode", ["lte", "grpo", "grpo_extra"])
+def test_partial_rollout_trainer_is_accepted_for_the_paper_arms(mode):
+    check_config(_cfg(f"lte.mode={mode}", "trainer.v1.trainer_mode=colocate_async"))
+
+
+def test_luffy_refuses_the_partial_rollout_trainer():
+    with pytest.raises(ValueError, match=r"trainer.v1.trainer_mode=colocate_async with lte.mode=luffy"):
+        check_config(_cfg(*LUFFY, "trainer.v1.trainer_mode=colocate_async"))
+
+
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ValueError) as err:
         check_config(_cfg("algorithm.adv_estimator=gae", "distillation.enabled=true"))
@@ -171,11 +180,11 @@ def test_all_problems_are_reported_at_once():
 
 
 def _replay_buffer(*overrides: str):
-    """verl's replay buffer as LTE's trainer builds it (the method needs only the trainer's config)."""
-    from recipe.lte.trainer import LTETrainer
+    """verl's replay buffer as LTE's trainer for the config's mode builds it (the method needs only the config)."""
+    from recipe.lte.trainer import LTE_TRAINERS
 
     config = prepare_config(_cfg(*overrides))
-    trainer = object.__new__(LTETrainer)
+    trainer = object.__new__(LTE_TRAINERS[config.trainer.v1.trainer_mode])
     trainer.config = config
     trainer.trainer_mode = config.trainer.v1.trainer_mode
     return trainer._build_replay_buffer()
@@ -189,3 +198,24 @@ def test_replay_buffer_poll_interval_is_verls_unless_set():
     assert _replay_buffer("+trainer.v1.sampler.poll_interval=0.1").poll_interval == 0.1
     with pytest.raises(ValueError, match=r"trainer.v1.sampler.poll_interval=0: must be"):
         _replay_buffer("+trainer.v1.sampler.poll_interval=0")
+
+
+def test_partial_rollout_trainer_builds_verls_async_buffer_with_the_poll_interval():
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBufferAsync
+
+    buffer = _replay_buffer("trainer.v1.trainer_mode=colocate_async", "+trainer.v1.sampler.poll_interval=0.1")
+    assert type(buffer) is ReplayBufferAsync and buffer.poll_interval == 0.1
+
+
+def test_lte_trainers_extend_verls_trainer_of_the_same_name():
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from recipe.lte.trainer import LTE_TRAINERS, LTETrainerMixin
+
+    assert set(LTE_TRAINERS) <= set(trainer_base.TRAINER_REGISTRY)  # verl's own names, nothing new
+    for name, verl_cls in {"sync": PPOTrainerSync, "colocate_async": PPOTrainerColocateAsync}.items():
+        cls = LTE_TRAINERS[name]
+        # LTE's additions come first in the MRO, so their super() calls reach verl's trainer of that mode.
+        assert cls.__mro__[1] is LTETrainerMixin and cls.__mro__[2] is verl_cls
