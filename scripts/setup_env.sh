@@ -13,8 +13,24 @@ py="${LTE_PYTHON:-python3}"
 constraints="$root/requirements/cpu-constraints.txt"
 stamp_file="$venv/.lte-setup-stamp"
 
-# Everything that decides what gets installed goes into the stamp.
-stamp="$(cat "$constraints" "$root/requirements/cpu.txt" "$root/pyproject.toml" "$0" | sha256sum | cut -d' ' -f1)"
+# Everything that decides what gets installed goes into the stamp: the requirement files, this script, and
+# pyproject.toml's package tables, not its tool settings (pytest, ruff). Editing those must not re-run pip: it briefly
+# reinstalls torchvision (below), which breaks any run using .venv at that moment.
+install_inputs() {
+  cat "$constraints" "$root/requirements/cpu.txt" "${BASH_SOURCE[0]}"
+  "$py" - "$root/pyproject.toml" <<'EOF' 2>/dev/null || cat "$root/pyproject.toml" # no tomllib (python < 3.11)
+import json, sys, tomllib
+
+with open(sys.argv[1], "rb") as f:
+    d = tomllib.load(f)
+print(json.dumps([d.get("build-system"), d.get("project"), d.get("tool", {}).get("setuptools")], sort_keys=True))
+EOF
+}
+stamp="$(install_inputs | sha256sum | cut -d' ' -f1)"
+if [[ "${1:-}" == "--stamp" ]]; then
+  echo "$stamp" # what decides a reinstall (tests/unit/test_setup_stamp.py)
+  exit 0
+fi
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" && -x "$venv/bin/python" ]]; then
   echo "[setup] .venv is up to date"
   exit 0
