@@ -414,3 +414,35 @@ def test_pipeline_report_from_a_results_folder(tmp_path):
     assert results["training"]["lte"][0]["none_pass_share_first"] == 0.5
     assert (tmp_path / "dynamics.png").stat().st_size > 10_000 and (tmp_path / "pass_at_k.png").stat().st_size > 10_000
     assert "| LTE | 2 | 75.0 ± 35.4" in (tmp_path / "report.md").read_text()
+
+
+def test_an_arm_keeps_its_colour_across_figures_and_arm_subsets(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from recipe.lte.reproduce import figures as F
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)  # keep each figure to read its lines
+
+    def colours(arms: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        labels = {a: a.upper() for a in arms}
+        record = {key: 0.5 for key, _ in F.DYNAMICS_PANELS}
+        F.plot_dynamics({a: [[record, record]] for a in arms}, labels, tmp_path / "d.png")
+        agg = {a: {"h": {1: A.spread([0.4]), 2: A.spread([0.6])}} for a in arms}
+        F.plot_pass_at_k(agg, labels, {"h": "held-out"}, tmp_path / "p.png")
+        dyn, pak = closed[-2:]
+        by_label = []
+        for fig in (dyn, pak):
+            handles, names = fig.axes[0].get_legend_handles_labels()
+            lines = [h.lines[0] if hasattr(h, "lines") else h for h in handles]  # errorbar: its data line
+            by_label.append({n.split(" (")[0]: to_hex(line.get_color()) for n, line in zip(names, lines, strict=True)})
+        return by_label[0], by_label[1]
+
+    all_dyn, all_pak = colours(["grpo", "grpo_extra", "lte"])
+    assert all_dyn == all_pak and len(set(all_dyn.values())) == 3  # same in both figures, distinct arms
+    some_dyn, some_pak = colours(["grpo", "lte"])
+    assert some_dyn == some_pak == {k: all_dyn[k] for k in ("GRPO", "LTE")}  # not shifted by a missing arm

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from recipe.lte.evaluate.metrics import k_values
 from recipe.lte.reproduce.aggregate import Spread, series
+from recipe.lte.reproduce.arms import ARMS, BASE
+
+# One colour per arm in every figure, whichever arms a run has (matplotlib's cycle in the registry's order).
+ARM_COLORS = {BASE: "0.45", **{name: f"C{i}" for i, name in enumerate(ARMS)}}
 
 # Panels of the training-dynamics figure: (metric of lte_metrics.jsonl, title).
 DYNAMICS_PANELS = (
@@ -49,9 +53,11 @@ def plot_dynamics(records: Mapping[str, Sequence[Sequence[Mapping]]], labels: Ma
                 continue
             mean, lo, hi = _mean_band(runs)
             steps = list(range(1, len(mean) + 1))
-            (line,) = ax.plot(steps, mean, "-o", ms=3, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+            seeds = f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+            color = ARM_COLORS.get(arm)
+            ax.plot(steps, mean, "-o", ms=3, color=color, label=f"{label} ({seeds})")
             if len(runs) > 1:
-                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.set(title=title, xlabel="training step", ylim=(-0.02, 1.02), xlim=(0.5, last + 0.5))
         ax.title.set_fontsize(9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -88,7 +94,7 @@ def plot_pass_at_k(
             all_ks.update(ks)
             ys = [100 * by_k[k].mean for k in ks]
             errs = [100 * (by_k[k].std or 0.0) for k in ks]
-            ax.errorbar(ks, ys, yerr=errs, marker="o", ms=3, capsize=2, label=label)
+            ax.errorbar(ks, ys, yerr=errs, marker="o", ms=3, capsize=2, color=ARM_COLORS.get(arm), label=label)
         ax.set_xscale("log", base=2)
         ticks = k_values(max(all_ks)) if all_ks else [1]  # 1, 2, 4, ... n
         ax.set_xticks(ticks, [str(k) for k in ticks])
