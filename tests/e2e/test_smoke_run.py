@@ -93,6 +93,13 @@ def test_smoke_run_on_the_cpu_demo_model(tmp_path: Path, demo_build: Path) -> No
     start = load_file(next((demo_build / "model").glob("*.safetensors")))
     assert merged.keys() <= start.keys() | {"lm_head.weight"}
     assert any(not torch.equal(merged[k].float(), start[k].float()) for k in merged.keys() & start.keys())
+    # ... and transformers loads the merged 2-rank checkpoint as a model that runs (vLLM loaded it for evaluation).
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "hf")
+    ids = AutoTokenizer.from_pretrained(out / "hf")("Compute 17 mod 10", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**ids).logits).all()
 
     # The evaluation scored real vLLM generations: 4 demo problems x 2 samples.
     summary = json.loads((out / "eval" / "summary.json").read_text())
