@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from recipe.lte.tools import preflight as P
+from recipe.lte.tools import preflight_ray as R
 from recipe.lte.tools.processes import kill_run, run_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,18 +72,18 @@ def test_probe_sees_what_the_runtime_env_forwards_and_nothing_else(ray_head, mon
     address, home = ray_head
     monkeypatch.setenv("HOME", home)
     verl = importlib.metadata.version("verl")
-    forwarded = P.probe_ray_cluster(address, {"env_vars": {"WANDB_MODE": "offline"}}, ["WANDB_MODE"])
+    forwarded = R.probe_ray_cluster(address, {"env_vars": {"WANDB_MODE": "offline"}}, ["WANDB_MODE"])
     assert len(forwarded) == 1
     node = forwarded[0]
     assert node.env == {"WANDB_MODE": "offline"} and node.verl == verl and node.project and node.gpus == 0
     expected = {"WANDB_MODE": "offline"}
     # The node has no GPU: the layout's 1 x 8 GPUs are missing.
-    c = P.check_ray_cluster(address, forwarded, 1, 8, expected, verl)
+    c = R.check_ray_cluster(address, forwarded, 1, 8, expected, verl)
     assert c.status == P.FAIL and "0 GPUs" in c.message and "sees" not in c.message
     # Without forwarding, the worker on the joined node does not have the launching shell's setting.
-    bare = P.probe_ray_cluster(address, {}, ["WANDB_MODE"])
+    bare = R.probe_ray_cluster(address, {}, ["WANDB_MODE"])
     assert bare[0].env == {"WANDB_MODE": None}
-    c = P.check_ray_cluster(address, bare, 1, 8, expected, verl)
+    c = R.check_ray_cluster(address, bare, 1, 8, expected, verl)
     assert c.status == P.FAIL and "sees {'WANDB_MODE': None}" in c.message
 
 

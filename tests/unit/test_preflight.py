@@ -1,4 +1,4 @@
-"""Each preflight check (recipe/lte/tools/preflight.py) on real inputs: real folders, a real model folder, real
+"""Each preflight check (recipe/lte/tools/preflight.py, preflight_ray.py) on real inputs: real folders, a real model folder, real
 parquet files, the real free space of a real disk, real environment mappings, the real flash-attn import.
 
 The one stand-in is the GPU list (nvidia-smi's answer, ``recipe.lte.tools.gpus``): this machine has no GPU, so
@@ -17,6 +17,7 @@ import pytest
 
 from recipe.lte.tools import estimate as E
 from recipe.lte.tools import preflight as P
+from recipe.lte.tools import preflight_ray as R
 from recipe.lte.tools.gpus import Gpu, GpuQueryError, parse_nvidia_smi, visible
 
 GIB = 1024**3
@@ -288,16 +289,16 @@ def test_the_entry_point_forwards_the_logger_mode_to_ray_workers():
 
 
 def test_ray_check_on_node_reports():
-    good = P.NodeReport("10.0.0.1", 8, {"WANDB_MODE": "offline"}, "0.9.1", True)
+    good = R.NodeReport("10.0.0.1", 8, {"WANDB_MODE": "offline"}, "0.9.1", True)
     expected = {"WANDB_MODE": "offline"}
-    assert P.check_ray_cluster(None, None, 1, 8, expected, "0.9.1").status == P.SKIP
-    c = P.check_ray_cluster("h:6379", None, 1, 8, expected, "0.9.1", "ConnectionError: refused")
+    assert R.check_ray_cluster(None, None, 1, 8, expected, "0.9.1").status == P.SKIP
+    c = R.check_ray_cluster("h:6379", None, 1, 8, expected, "0.9.1", "ConnectionError: refused")
     assert c.status == P.FAIL and "refused" in c.message
-    assert P.check_ray_cluster("h:6379", [good, good], 2, 8, expected, "0.9.1").status == P.OK
-    c = P.check_ray_cluster("h:6379", [good], 2, 8, expected, "0.9.1")
+    assert R.check_ray_cluster("h:6379", [good, good], 2, 8, expected, "0.9.1").status == P.OK
+    c = R.check_ray_cluster("h:6379", [good], 2, 8, expected, "0.9.1")
     assert c.status == P.FAIL and "trainer.nnodes=2" in c.message
-    bad = P.NodeReport("10.0.0.2", 8, {"WANDB_MODE": None}, "0.9.0", False)
-    c = P.check_ray_cluster("h:6379", [good, bad], 2, 8, expected, "0.9.1")
+    bad = R.NodeReport("10.0.0.2", 8, {"WANDB_MODE": None}, "0.9.0", False)
+    c = R.check_ray_cluster("h:6379", [good, bad], 2, 8, expected, "0.9.1")
     assert c.status == P.FAIL
     assert (
         "recipe.lte is not importable" in c.message and "verl 0.9.0" in c.message and "'WANDB_MODE': None" in c.message
