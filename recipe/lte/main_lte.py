@@ -37,6 +37,12 @@ FORWARDED_ENV = (
     "LTE_DATA_DIR",
     "TENSORBOARD_DIR",
     "LTE_STOP_FILE",  # the watchdog reads it in the trainer actor (docs/robustness.md)
+    "LTE_RUN_ID",  # the CPU demo finds (and ends) its processes by it (recipe/lte/tools/processes.py)
+    # verl's and the CPU platform's switches (verl_ext.cpu.env.cpu_env): a CPU run on a joined cluster
+    "VERL_USE_EXTERNAL_MODULES",
+    "VERL_PLATFORM",
+    "VERL_ENGINE_DEVICE",
+    "VLLM_TARGET_DEVICE",
 )
 
 

@@ -178,3 +178,59 @@ def test_the_demo_passes_the_users_rank_count_to_the_cpu_platform(tiny_model_dir
     cmd = train_command(["trainer.n_gpus_per_node=2"], "/tmp/lte-ray-x", tiny_model_dir)
     assert "+ray_kwargs.ray_init.num_gpus=2" in cmd and "trainer.n_gpus_per_node=2" in cmd
     assert "+ray_kwargs.ray_init.num_gpus=1" in train_command([], "/tmp/lte-ray-x", tiny_model_dir)
+
+
+def test_cpu_overrides_joining_a_cluster_leave_ray_init_to_the_cluster() -> None:
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    joined = cpu_overrides(n_gpus_per_node=1, nnodes=2, join_cluster=True, ray_temp_dir="/tmp/x", kv_cache_bytes=7)
+    # Ray refuses num_cpus / num_gpus from a driver that joins, and address=local would start a cluster of its own.
+    assert not [o for o in joined if "ray_init" in o], joined
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=joined)
+    assert cfg.trainer.nnodes == 2 and cfg.trainer.n_gpus_per_node == 1
+    assert cfg.ray_kwargs.ray_init.num_cpus is None and "address" not in cfg.ray_kwargs.ray_init
+    assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 7
+    # The rest of the CPU platform is the same as for a local run.
+    local = cpu_overrides(n_gpus_per_node=1, ray_temp_dir="/tmp/x", kv_cache_bytes=7)
+    assert [o for o in local if "ray_init" not in o and "nnodes" not in o] == [o for o in joined if "nnodes" not in o]
+
+
+def test_cpu_overrides_refuse_several_nodes_without_a_cluster_to_join() -> None:
+    with pytest.raises(ValueError, match=r"trainer.nnodes=2 on CPU needs a Ray cluster .*slurm_lte.sbatch"):
+        cpu_overrides(nnodes=2)
+    with pytest.raises(ValueError, match="nnodes must be >= 1"):
+        cpu_overrides(nnodes=0, join_cluster=True)
+
+
+def test_the_cpu_platforms_variables_reach_the_workers_of_a_joined_cluster() -> None:
+    # Workers on other nodes start from their node's environment: only the job's runtime_env brings these.
+    from recipe.lte.main_lte import FORWARDED_ENV
+
+    assert set(cpu_env({})) <= set(FORWARDED_ENV)
+
+
+def test_a_cpu_run_joins_ray_address_only_when_asked() -> None:
+    from recipe.lte.demo.run import joins_ray_cluster
+
+    assert not joins_ray_cluster({"RAY_ADDRESS": "10.0.0.1:6379"})  # a stray RAY_ADDRESS is not joined
+    assert not joins_ray_cluster({"LTE_JOIN_RAY_CLUSTER": "0", "RAY_ADDRESS": "10.0.0.1:6379"})
+    assert joins_ray_cluster({"LTE_JOIN_RAY_CLUSTER": "1", "RAY_ADDRESS": "10.0.0.1:6379"})
+    with pytest.raises(ValueError, match="RAY_ADDRESS is not set"):
+        joins_ray_cluster({"LTE_JOIN_RAY_CLUSTER": "1"})
+    with pytest.raises(ValueError, match="LTE_JOIN_RAY_CLUSTER='yes': set it to 1"):
+        joins_ray_cluster({"LTE_JOIN_RAY_CLUSTER": "yes", "RAY_ADDRESS": "h:1"})
+
+
+def test_the_demo_joins_with_the_users_node_count(tiny_model_dir: str, monkeypatch) -> None:
+    from recipe.lte.demo.run import train_command
+
+    monkeypatch.setenv("LTE_JOIN_RAY_CLUSTER", "1")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6390")
+    cmd = train_command(["trainer.nnodes=2", "trainer.n_gpus_per_node=1"], "/tmp/lte-ray-x", tiny_model_dir)
+    assert "trainer.nnodes=2" in cmd and not [o for o in cmd if "ray_init" in o]
+    monkeypatch.delenv("LTE_JOIN_RAY_CLUSTER")
+    with pytest.raises(ValueError, match="trainer.nnodes=2 on CPU needs a Ray cluster"):
+        train_command(["trainer.nnodes=2"], "/tmp/lte-ray-x", tiny_model_dir)

@@ -86,7 +86,7 @@ def test_plan_head_workers_trainer_on_three_nodes():
     wait = s["wait-ray"].argv
     assert "--nodelist=gpu01" in wait and "--gpus=12" in wait and "--address=10.0.0.1:6379" in wait
     train = s["train"].argv
-    assert "--nodelist=gpu01" in train and "--export=ALL,RAY_ADDRESS=10.0.0.1:6379" in train
+    assert "--nodelist=gpu01" in train and "--export=ALL,RAY_ADDRESS=10.0.0.1:6379,LTE_JOIN_RAY_CLUSTER=1" in train
     i = train.index("bash")
     assert train[i:] == [
         "bash", "run_lte.sh", "--preset", "qwen3-8b-lte", "actor_rollout_ref.model.path=/w",
@@ -111,7 +111,7 @@ def test_plan_venv_uses_its_executables():
         "/shared/venv/bin/ray" in s["ray-head"].argv and "--export=ALL,VIRTUAL_ENV=/shared/venv" in s["ray-head"].argv
     )
     assert "/shared/venv/bin/python" in s["wait-ray"].argv
-    assert "--export=ALL,RAY_ADDRESS=gpu01:6379,VIRTUAL_ENV=/shared/venv" in s["train"].argv
+    assert "--export=ALL,RAY_ADDRESS=gpu01:6379,LTE_JOIN_RAY_CLUSTER=1,VIRTUAL_ENV=/shared/venv" in s["train"].argv
 
 
 def test_plan_containers():

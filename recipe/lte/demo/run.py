@@ -11,7 +11,8 @@
 
 A rerun with the same ``--out`` and ``--steps`` resumes from the last checkpoint (after a failure or a stop), and with
 more ``--steps`` trains on. The run's processes (Ray, vLLM) are ended when it ends, on Ctrl-C, SIGTERM and SIGHUP
-too, and it never joins another Ray session (docs/robustness.md).
+too, and it never joins another Ray session (docs/robustness.md) unless asked to: ``LTE_JOIN_RAY_CLUSTER=1`` with
+``RAY_ADDRESS`` joins a cluster started by ``ray start`` (``scripts/slurm_lte.sbatch``; docs/multinode.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from recipe.lte.tools import summary
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_OUT = "outputs/cpu_demo"
 G = 4
+JOIN_ENV = "LTE_JOIN_RAY_CLUSTER"
 MAX_NUM_SEQS = 256  # vLLM's scheduler cap (verl's default); the KV cache is sized for this many full sequences
 
 
@@ -138,7 +140,28 @@ def platform_overrides(overrides: list[str], ray_temp_dir: str, model_dir: str) 
     # Data-parallel ranks (trainer.n_gpus_per_node=2: two FSDP workers over gloo, two vLLM replicas, each with the
     # cache above): Ray gets one logical GPU per rank.
     ranks = _last_value(overrides, "trainer.n_gpus_per_node", 1)
-    return cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes, n_gpus_per_node=ranks)
+    nnodes = _last_value(overrides, "trainer.nnodes", 1)
+    return cpu_overrides(
+        ray_temp_dir=ray_temp_dir,
+        kv_cache_bytes=kv_bytes,
+        n_gpus_per_node=ranks,
+        nnodes=nnodes,
+        join_cluster=joins_ray_cluster(),
+    )
+
+
+def joins_ray_cluster(env: dict[str, str] | None = None) -> bool:
+    """Whether this run joins the Ray cluster at ``RAY_ADDRESS`` (``LTE_JOIN_RAY_CLUSTER=1``, which
+    ``scripts/slurm_lte.sbatch`` sets for its train step) instead of starting one of its own. Opt-in: a
+    ``RAY_ADDRESS`` left in a shell never makes a CPU run share another cluster."""
+    env = os.environ if env is None else env
+    if env.get(JOIN_ENV, "0") in ("", "0"):
+        return False
+    if env.get(JOIN_ENV) != "1":
+        raise ValueError(f"{JOIN_ENV}={env.get(JOIN_ENV)!r}: set it to 1 (join RAY_ADDRESS's cluster) or 0")
+    if not env.get("RAY_ADDRESS"):
+        raise ValueError(f"{JOIN_ENV}=1 but RAY_ADDRESS is not set: give the cluster's HEAD_IP:PORT")
+    return True
 
 
 def train_command(overrides: list[str], ray_temp_dir: str, model_dir: str) -> list[str]:

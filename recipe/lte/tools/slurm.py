@@ -217,7 +217,10 @@ def plan(cluster: Cluster, run_args: list[str]) -> list[Step]:
         f"trainer.nnodes={len(cluster.nodes)}",
         f"trainer.n_gpus_per_node={cluster.gpus_per_node}",
     ]
-    steps.append(Step("train", _on_node(cluster, cluster.head, train, env={"RAY_ADDRESS": cluster.address})))
+    # RAY_ADDRESS: verl's ray.init joins the cluster above. LTE_JOIN_RAY_CLUSTER=1: so does a run on the CPU
+    # platform, which otherwise starts a local cluster of its own (recipe/lte/demo/run.py: joins_ray_cluster).
+    join = {"RAY_ADDRESS": cluster.address, "LTE_JOIN_RAY_CLUSTER": "1"}
+    steps.append(Step("train", _on_node(cluster, cluster.head, train, env=join)))
     return steps
 
 

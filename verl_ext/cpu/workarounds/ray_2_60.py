@@ -33,8 +33,9 @@ WORKAROUNDS = (
         VERSION,
         target="ray.init address / dashboard",
         symptom="a run joins whatever cluster RAY_ADDRESS or a `ray start` session names, and starts a dashboard",
-        fix="always a fresh local cluster of the run's own (and its own _temp_dir, so its processes are findable)",
-        delete_when="never: a CPU run should not share a cluster",
+        fix="a fresh local cluster of the run's own (and its own _temp_dir, so its processes are findable); joining "
+        "a cluster is an explicit opt-in (LTE_JOIN_RAY_CLUSTER=1 with RAY_ADDRESS: cpu_overrides(join_cluster=True))",
+        delete_when="never: a CPU run should not share a cluster by accident",
         overrides=("+ray_kwargs.ray_init.address=local", "+ray_kwargs.ray_init.include_dashboard=False"),
     ),
     Workaround(
