@@ -4,6 +4,7 @@ reported."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from verl_ext.reward.bounded_pool import BoundedProcessPool, CallTimeout, WorkerError
+from verl_ext.reward.bounded_pool import BoundedProcessPool, CallTimeout, WorkerError, WorkerStartError
 
 
 @pytest.fixture
@@ -46,3 +47,31 @@ def test_deadline_and_errors_are_not_retried(pool):
     with pytest.raises(WorkerError, match="ValueError"):
         pool.call(int, ("not a number",), 30)
     assert pool.restarts == 1 and pool.call(abs, (-3,), 30) == 3
+
+
+def test_warm_up_runs_at_worker_start_outside_every_calls_deadline():
+    # 2 s of warm-up, then a call with a 1 s deadline: it must not pay for the warm-up.
+    p = BoundedProcessPool(1, warm_up=functools.partial(time.sleep, 2))
+    try:
+        start = time.monotonic()
+        assert p.call(abs, (-1,), 1.0) == 1
+        assert time.monotonic() - start >= 2  # the first call waited for the start-up, not in its deadline
+        assert p.call(abs, (-2,), 1.0) == 2 and p.restarts == 0
+    finally:
+        p.close()
+
+
+def test_a_failing_warm_up_is_a_start_error_that_names_it():
+    p = BoundedProcessPool(1, warm_up=functools.partial(int, "not a number"))
+    try:
+        with pytest.raises(WorkerStartError, match=r"start-up failed: ValueError: .*warm_up=functools.partial"):
+            p.call(abs, (-1,), 30)
+    finally:
+        p.close()
+
+
+def test_the_math_verify_pool_warms_its_workers_up():
+    from verl_ext.reward import math_reward, math_verify_worker
+
+    assert math_reward._get_pool()._warm_up is math_verify_worker.warm_up
+    math_verify_worker.warm_up()  # raises if math-verify reads 5 / 5.0 or 1/2 / 0.5 differently

@@ -40,11 +40,18 @@ class WorkerStartError(WorkerError):
     """A worker process did not start (nothing was run): a problem of the machine, not of the call's input."""
 
 
-def _serve(conn: Connection, preload: tuple[str, ...]) -> None:
-    """Worker loop: import `preload`, say ready, then run `(fn, args)` requests until the parent closes the pipe."""
+def _serve(conn: Connection, preload: tuple[str, ...], warm_up: Callable[[], Any] | None = None) -> None:
+    """Worker loop: import `preload`, run `warm_up`, say ready, then run `(fn, args)` requests until the parent
+    closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    for name in preload:
-        importlib.import_module(name)
+    try:
+        for name in preload:
+            importlib.import_module(name)
+        if warm_up is not None:
+            warm_up()
+    except BaseException as e:
+        conn.send(("start-failed", f"{type(e).__name__}: {e}"[:2000]))
+        return
     conn.send(("ready", None))
     while True:
         try:
@@ -62,20 +69,33 @@ def _serve(conn: Connection, preload: tuple[str, ...]) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: multiprocessing.context.BaseContext, preload: tuple[str, ...], startup_s: float) -> None:
+    def __init__(
+        self,
+        ctx: multiprocessing.context.BaseContext,
+        preload: tuple[str, ...],
+        startup_s: float,
+        warm_up: Callable[[], Any] | None = None,
+    ) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_serve, args=(child_conn, preload), daemon=True, name="bounded-pool-worker")
+        self.proc = ctx.Process(
+            target=_serve, args=(child_conn, preload, warm_up), daemon=True, name="bounded-pool-worker"
+        )
         self.proc.start()
         child_conn.close()
         self.conn = parent_conn
-        # Start-up (imports) is not part of any call's deadline: wait for the worker to say it is ready.
+        # Start-up (imports, warm-up) is not part of any call's deadline: wait for the worker to say it is ready.
         try:
-            ready = parent_conn.poll(startup_s) and parent_conn.recv()[0] == "ready"
+            status, detail = parent_conn.recv() if parent_conn.poll(startup_s) else ("timeout", None)
         except (EOFError, OSError):
-            ready = False
-        if not ready:
+            status, detail = "died", None
+        if status != "ready":
             self.kill()
-            raise WorkerStartError(f"worker process did not start within {startup_s} s (preload={preload})")
+            why = (
+                f"its start-up failed: {detail}"
+                if status == "start-failed"
+                else f"it did not start within {startup_s} s"
+            )
+            raise WorkerStartError(f"worker process: {why} (preload={preload}, warm_up={_name(warm_up)})")
 
     def kill(self) -> None:
         try:
@@ -85,6 +105,12 @@ class _Worker:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=5)
+
+
+def _name(fn: Callable | None) -> str | None:
+    if fn is None or not hasattr(fn, "__qualname__"):
+        return None if fn is None else repr(fn)
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def _default_context() -> multiprocessing.context.BaseContext:
@@ -102,14 +128,18 @@ class BoundedProcessPool:
         preload: tuple[str, ...] = (),
         startup_s: float = 120.0,
         ctx: multiprocessing.context.BaseContext | None = None,
+        warm_up: Callable[[], Any] | None = None,
     ) -> None:
-        """`preload`: modules each worker imports before it counts as started (e.g. the one holding `fn`)."""
+        """`preload`: modules each worker imports before it counts as started (e.g. the one holding `fn`).
+        `warm_up`: a function (importable by module path) each worker runs after them, also before it counts as
+        started: lazy imports and caches paid there, not inside the first call's deadline."""
         if size < 1:
             raise ValueError(f"BoundedProcessPool size must be >= 1, got {size}")
         self.size = size
         self._ctx = ctx or _default_context()
         self._preload = tuple(preload)
         self._startup_s = startup_s
+        self._warm_up = warm_up
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
         self._live = 0
@@ -127,7 +157,7 @@ class BoundedProcessPool:
                     break
                 self._cond.wait()
         try:
-            return _Worker(self._ctx, self._preload, self._startup_s)
+            return _Worker(self._ctx, self._preload, self._startup_s, self._warm_up)
         except BaseException:
             with self._cond:
                 self._live -= 1
@@ -196,7 +226,9 @@ _SHARED: dict[str, BoundedProcessPool] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_pool(name: str, size: int, preload: tuple[str, ...] = ()) -> BoundedProcessPool:
+def shared_pool(
+    name: str, size: int, preload: tuple[str, ...] = (), warm_up: Callable[[], Any] | None = None
+) -> BoundedProcessPool:
     """One pool per `name` per process, created on first use (again after a fork).
 
     Lives here, in a module always imported by its package name, so that a reward file that verl loads by path
@@ -207,7 +239,7 @@ def shared_pool(name: str, size: int, preload: tuple[str, ...] = ()) -> BoundedP
         with _SHARED_LOCK:
             pool = _SHARED.get(name)
             if pool is None or pool._pid != os.getpid():
-                pool = _SHARED[name] = BoundedProcessPool(size, preload=preload)
+                pool = _SHARED[name] = BoundedProcessPool(size, preload=preload, warm_up=warm_up)
     return pool
 
 

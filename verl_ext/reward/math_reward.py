@@ -55,7 +55,7 @@ _MAX_BOX_SCAN = 20 * MAX_ANSWER_CHARS
 
 
 def _get_pool() -> BoundedProcessPool:
-    return shared_pool("math_verify", POOL_SIZE, preload=(_mv.__name__,))
+    return shared_pool("math_verify", POOL_SIZE, preload=(_mv.__name__,), warm_up=_mv.warm_up)
 
 
 def _bounded(fn: Callable, args: tuple, timeout_s: float, default: Any, what: str) -> Any:

@@ -89,6 +89,17 @@ def extract_and_verify(gold: str, text: str) -> tuple[bool, str]:
     return _verify(_parse_gold(gold), pred_parsed), _written(pred_parsed)
 
 
+def warm_up() -> None:
+    """Run once in each new worker before it takes calls: math-verify imports its LaTeX and expression parsers
+    lazily, and a first call in a fresh environment (no .pyc yet, a busy machine) can miss the caller's deadline on
+    that alone, which would score it as wrong. Checks the answer too: a math-verify that reads these differently
+    is not the one this module was written for."""
+    if not (answers_equivalent("5", "5.0") and answers_equivalent("\\frac{1}{2}", "0.5")):
+        raise RuntimeError("math-verify does not find 5 = 5.0 and 1/2 = 0.5: check its version (requirements/)")
+    if extract_and_verify("7", "so the answer is 7.") != (True, "7"):
+        raise RuntimeError("math-verify does not extract 7 from 'so the answer is 7.': check its version")
+
+
 def verify_any(pairs: tuple[tuple[str, str], ...]) -> bool:
     """Does any (gold, answer) pair verify? The readings of one answer (decimal comma, percent), one round trip."""
     return any(verify_answer(gold, answer) for gold, answer in pairs)
