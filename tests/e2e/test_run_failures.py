@@ -2,13 +2,15 @@
 run within minutes with a message saying what happened, leaves no process behind (Ray's agents included), keeps
 the last checkpoint, and the same command resumes from it (docs/robustness.md).
 
-One run folder, one chain of three runs (a checkpoint every step), each resuming from the one before:
+One run folder, one chain of two runs (a checkpoint every step), the second resuming from the first:
 
 1. ``bash run_lte.sh`` (here: the CPU demo); once step 1 is saved, the vLLM worker process is SIGKILLed (as the OOM
    killer or a CUDA error ends it): the watchdog ends the run with an error naming the dead engine;
-2. the same command resumes from step 1; once step 2 is saved, ``kill <pid>`` (SIGTERM) of ``bash run_lte.sh``;
-3. the trainer itself (``python -m recipe.lte.main_lte``, what ``run_lte.sh`` runs on a GPU machine: no launcher
-   around it to clean up) resumes from step 2 and gets SIGTERM mid-run: Ray's driver shuts everything down.
+2. the trainer itself (``python -m recipe.lte.main_lte``, what ``run_lte.sh`` runs on a GPU machine: no launcher
+   around it to clean up) resumes from step 1 and gets SIGTERM mid-run: Ray's driver shuts everything down.
+
+SIGTERM to the launcher after a resume (``kill`` of ``bash run_lte.sh``, reached through SLURM's launcher as
+``scancel`` sends it): tests/e2e/test_slurm_two_nodes.py; Ctrl-C of the launcher: tests/e2e/test_cpu_demo_run.py.
 
 Not here (each would cost a run): a killed reward worker (the bounded pool replaces it:
 tests/integration/test_bounded_pool.py), a killed FSDP worker (the watchdog's ping of a dead Ray actor:
@@ -173,39 +175,19 @@ def test_1_a_dead_vllm_engine_ends_the_run_with_its_name_and_nothing_left(chain)
     _assert_checkpoint_intact(chain["run_dir"], 1)
 
 
-def test_2_the_same_command_resumes_and_sigterm_to_run_lte_sh_leaves_nothing_running(chain):
-    _needs_checkpoint(chain, 1)
-    run = Run.run_lte_sh(chain["out"], chain["build"], "sigterm")
-    try:
-        run.wait_until("the checkpoint of step 2", lambda: _latest(chain["run_dir"]) == 2 and _agents(run))
-        agents = _agents(run)
-        run.proc.send_signal(signal.SIGTERM)  # `kill <pid>` of bash run_lte.sh (exec'd into the demo launcher)
-        rc, took = run.ended_within(END_S)
-    finally:
-        run.cleanup()
-    print(f"the run ended {took:.0f} s after SIGTERM")
-    assert f"Resuming from {chain['run_dir'] / 'global_step_1'}" in run.train_log(), run.tail()
-    assert "[LTE step 2]" in run.text() and "[LTE step 1]" not in run.text(), run.tail()
-    assert rc == 128 + signal.SIGTERM, run.tail()
-    assert "SIGTERM received: stopping the run" in run.text(), run.tail()
-    assert agents and not any(os.path.exists(f"/proc/{pid}") for pid in agents)
-    _assert_no_leftovers(run)
-    _assert_checkpoint_intact(chain["run_dir"], 2)
-
-
-def test_3_sigterm_to_the_trainer_itself_ends_every_process_of_the_run(chain):
+def test_2_sigterm_to_the_trainer_itself_ends_every_process_of_the_run(chain):
     # The trainer as run_lte.sh runs it on a GPU machine: no launcher around it that would clean up after it.
     from recipe.lte.demo import build_demo
     from recipe.lte.demo.run import demo_overrides, train_command, train_env
 
-    _needs_checkpoint(chain, 2)
+    _needs_checkpoint(chain, 1)
     run_id, temp_dir = _ids("trainer")
     os.makedirs(temp_dir)
     build = build_demo(chain["build"])  # reused: the cache key matches
     argv = train_command(demo_overrides(build, chain["run_dir"], STEPS, "lte"), temp_dir, build["model_dir"])
     run = Run(argv, chain["out"], run_id, temp_dir, train_env(run_id, temp_dir), chain["out"] / "trainer.log")
     try:
-        resumed = f"Resuming from {chain['run_dir'] / 'global_step_2'}"
+        resumed = f"Resuming from {chain['run_dir'] / 'global_step_1'}"
         run.wait_until("the resume", lambda: resumed in run.text() and _agents(run) and run.find("VLLM::Worker"))
         run.proc.send_signal(signal.SIGTERM)
         rc, took = run.ended_within(END_S)
