@@ -84,7 +84,15 @@ def ray_tq():
     import transfer_queue as tq
     from omegaconf import OmegaConf
 
-    ray.init(num_cpus=16, num_gpus=0, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    # address="local": never a cluster some `ray start` on this machine left its address for (/tmp/ray).
+    ray.init(
+        address="local",
+        num_cpus=16,
+        num_gpus=0,
+        include_dashboard=False,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+    )
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     try:
         yield tq

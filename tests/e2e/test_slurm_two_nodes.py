@@ -24,6 +24,8 @@ About 7 minutes on 2 cores (the demo build is shared).
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,9 @@ STANDIN = Path(__file__).resolve().parent / "slurm_standin"  # srun's stand-in: 
 MARK = "LTE_E2E_SLURM_JOB"  # in every process the job starts (Ray nodes and their workers inherit it)
 WAIT_S = 1500  # for a job to reach a point (startup takes minutes on 2 busy cores)
 END_S = 300  # a cancelled job must be over within this
+# Where `ray start` leaves its cluster's address in Ray's default folder: a later plain ray.init() on the machine
+# would try to join that (dead) cluster. The job's nodes must use their own folder (LTE_SLURM_RAY_TEMP_DIR).
+DEFAULT_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 
 
 def _free_port() -> int:
@@ -87,8 +92,10 @@ class Job:
     def __init__(self, chain: dict, steps: int, tag: str):
         self.chain, self.mark = chain, f"{chain['id']}-{tag}"
         self.console = chain["out"] / f"{tag}.console.log"
+        # RAY_AUTH_*: an earlier test's local ray.init() in this pytest process sets RAY_AUTH_MODE=token; the job
+        # gets a token file of its own instead, so that the nodes always run with token authentication (what Ray
+        # 2.60's head turns on whenever it finds a token, e.g. the ~/.ray/auth_token of any earlier ray.init()).
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "LTE_RUN_ID", "LTE_RAY_"))}
-        # RAY_AUTH_*: an earlier test's local ray.init() in this pytest process sets RAY_AUTH_MODE=token.
         env.update(
             {
                 "PATH": f"{STANDIN}:{os.environ['PATH']}",
@@ -102,6 +109,8 @@ class Job:
                 "LTE_RAY_HEAD_IP": "127.0.0.1",
                 "LTE_RAY_PORT": str(chain["port"]),
                 "LTE_STOP_FILE": str(chain["out"] / "stop"),
+                "LTE_SLURM_RAY_TEMP_DIR": chain["ray_temp_dir"],
+                "RAY_AUTH_TOKEN_PATH": str(chain["token"]),
                 "WANDB_MODE": "disabled",
                 MARK: self.mark,
             }
@@ -133,6 +142,7 @@ class Job:
             pytest.fail(f"the job did not end within {timeout} s\n{self.tail()}")
 
     def assert_nothing_left(self) -> None:
+        assert _read(str(DEFAULT_ADDRESS_FILE)) == self.chain["address_file"], f"the job wrote {DEFAULT_ADDRESS_FILE}"
         # Ray's nodes drain for a moment after SIGTERM: allow them a little time to go.
         deadline = time.monotonic() + 60
         while _marked(self.mark) and time.monotonic() < deadline:
@@ -153,9 +163,16 @@ class Job:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, demo_build: Path) -> dict:
+def chain(tmp_path_factory, demo_build: Path):
     out = tmp_path_factory.mktemp("slurm")
-    return {"out": out, "run_dir": out / "lte", "build": demo_build, "port": _free_port(), "id": out.name}
+    port = _free_port()
+    chain = {"out": out, "run_dir": out / "lte", "build": demo_build, "port": port, "id": out.name}
+    chain["ray_temp_dir"] = f"/tmp/lte-ray-slurm-{port}"  # short: Ray's socket paths live under it
+    chain["address_file"] = _read(str(DEFAULT_ADDRESS_FILE))  # as it was before the jobs (usually absent)
+    chain["token"] = out / "ray_auth_token"
+    chain["token"].write_text(secrets.token_hex(32))
+    yield chain
+    shutil.rmtree(chain["ray_temp_dir"], ignore_errors=True)
 
 
 def _rank_workers(job: Job) -> dict[int, int]:
@@ -176,6 +193,7 @@ def test_1_a_two_node_job_trains_on_both_nodes_and_leaves_nothing_running(chain)
         job.cleanup()
     text = job.text()
     assert rc == 0, job.tail()
+    assert ",RAY_AUTH_MODE=token" in text and "InvalidAuthToken" not in text, job.tail()  # every node with the token
     assert f"[slurm] Ray cluster 127.0.0.1:{chain['port']}: 2 GPUs" in text, job.tail()
     assert "trainer.nnodes=2 trainer.n_gpus_per_node=1" in text and "[LTE step 2]" in text, job.tail()
     _assert_two_rank_checkpoint(chain["run_dir"], 1)

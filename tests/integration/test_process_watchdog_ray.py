@@ -18,7 +18,7 @@ def test_the_death_of_a_real_ray_actor_is_reported_a_busy_one_is_not_and_actors_
         def work(self, seconds: float) -> None:
             time.sleep(seconds)
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # never a `ray start` one
     try:
         busy, doomed = Busy.remote(), Busy.options(name="doomed").remote()
         ray.get([busy.work.remote(0), doomed.work.remote(0)])

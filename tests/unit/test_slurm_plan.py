@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe.lte.tools.slurm import Cluster, Step, cluster_from_env, execute, expand_nodelist, plan
+from recipe.lte.tools.slurm import Cluster, Step, cluster_from_env, execute, expand_nodelist, plan, ray_auth_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,12 @@ def test_expand_nodelist_refuses_what_it_cannot_read():
         expand_nodelist("gpu[a-b]")
 
 
-FAKE = {"SLURM_JOB_NODELIST": "gpu[01-03]", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_ON_NODE": "32"}
+FAKE = {
+    "SLURM_JOB_NODELIST": "gpu[01-03]",
+    "SLURM_GPUS_ON_NODE": "4",
+    "SLURM_CPUS_ON_NODE": "32",
+    "SLURM_JOB_ID": "777",
+}
 
 
 def test_cluster_from_fake_slurm_env():
@@ -48,6 +53,9 @@ def test_cluster_from_fake_slurm_env():
     # GPU count forms: SLURM_GPUS_PER_NODE may carry a type
     env = {"SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "h100:8"}
     assert cluster_from_env(env).gpus_per_node == 8
+    # Ray's folder on each node is the job's own (never /tmp/ray, where `ray start` leaves its address behind).
+    assert cluster_from_env({**env, "SLURM_JOB_ID": "55"}).ray_temp_dir == "/tmp/ray-lte-55"
+    assert cluster_from_env({**env, "LTE_SLURM_RAY_TEMP_DIR": "/scratch/r"}).ray_temp_dir == "/scratch/r"
 
 
 @pytest.mark.parametrize(
@@ -78,11 +86,13 @@ def test_plan_head_workers_trainer_on_three_nodes():
     head = s["ray-head"].argv
     assert head[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=gpu01", "--export=ALL"]
     assert head[6:] == [
-        "ray", "start", "--head", "--node-ip-address=10.0.0.1", "--port=6379", "--num-gpus=4", "--num-cpus=32", "--block"
+        "ray", "start", "--head", "--node-ip-address=10.0.0.1", "--port=6379", "--num-gpus=4", "--num-cpus=32",
+        "--temp-dir=/tmp/ray-lte-777", "--block",
     ]  # fmt: skip
     for node in ("gpu02", "gpu03"):
         w = s[f"ray-worker-{node}"].argv
         assert f"--nodelist={node}" in w and "--address=10.0.0.1:6379" in w and "--num-gpus=4" in w
+        assert "--temp-dir=/tmp/ray-lte-777" in w
     wait = s["wait-ray"].argv
     assert "--nodelist=gpu01" in wait and "--gpus=12" in wait and "--address=10.0.0.1:6379" in wait
     train = s["train"].argv
@@ -265,3 +275,17 @@ def test_sigterm_stops_the_train_step_and_the_nodes_without_requeue(tmp_path):
     assert record.read_text() == "SIGTERM"  # handed to the train step
     assert not calls.exists()  # no requeue: the job was cancelled
     assert time.monotonic() - t0 < 30  # the background "node" was stopped, not waited for
+
+
+def test_every_step_uses_token_auth_when_the_head_will(tmp_path):
+    # Ray 2.60's head turns token auth on when it finds a token; worker nodes and drivers use it only when told.
+    token = tmp_path / ".ray" / "auth_token"
+    assert ray_auth_env({"HOME": str(tmp_path)}) == {}  # no token anywhere: no auth, as the head decides
+    token.parent.mkdir()
+    token.write_text("0" * 64)
+    assert ray_auth_env({"HOME": str(tmp_path)}) == {"RAY_AUTH_MODE": "token"}  # what any local ray.init() leaves
+    assert ray_auth_env({"RAY_AUTH_TOKEN_PATH": str(token)}) == {"RAY_AUTH_MODE": "token"}
+    assert ray_auth_env({"RAY_AUTH_TOKEN": "abc"}) == {"RAY_AUTH_MODE": "token"}
+    assert ray_auth_env({"HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}) == {}  # the user's choice stands
+    steps = plan(cluster_from_env({**FAKE, "HOME": str(tmp_path)}), [])
+    assert all(",RAY_AUTH_MODE=token" in next(a for a in s.argv if a.startswith("--export=")) for s in steps)

@@ -38,13 +38,16 @@ class Cluster:
     cpus_per_node: int | None = None
     head_ip: str | None = None  # None: the first node's name
     ray_port: int = 6379
+    # `ray start --temp-dir`: the job's own. In Ray's default (/tmp/ray) `ray start` leaves the address of its
+    # cluster behind, and a later plain ray.init() on that node (another user's, another job's) would try to join it.
+    ray_temp_dir: str = "/tmp/ray-lte-0"
     repo: str = str(REPO)
     venv: str | None = None  # a virtual environment present on every node (shared file system)
     container_image: str | None = None  # instead of a venv: an image with the project's environment
     container_runtime: str = "pyxis"  # pyxis (srun --container-image) or apptainer
     container_mounts: str | None = None
     wait_timeout_s: int = 900
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # every step gets these (srun --export)
 
     @property
     def head(self) -> str:
@@ -97,6 +100,20 @@ def _gpus_from_env(env: Mapping[str, str]) -> int:
     raise ValueError("no GPUs in the allocation: submit with --gpus-per-node=N (or set LTE_GPUS_PER_NODE)")
 
 
+def ray_auth_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``RAY_AUTH_MODE`` for every step, decided once, as the head will decide it.
+
+    Ray 2.60's ``ray start --head`` turns token authentication on by itself when it finds a token
+    (``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, which any local ``ray.init()``
+    writes), but ``ray start --address`` and drivers send the token only with ``RAY_AUTH_MODE=token``: the worker
+    nodes would never join (wait-ray times out). Every node reads the token from the same place (a shared home).
+    """
+    if env.get("RAY_AUTH_MODE"):
+        return {}  # the user's choice, inherited by every step
+    path = env.get("RAY_AUTH_TOKEN_PATH") or (f"{env['HOME']}/.ray/auth_token" if env.get("HOME") else "")
+    return {"RAY_AUTH_MODE": "token"} if env.get("RAY_AUTH_TOKEN") or (path and os.path.isfile(path)) else {}
+
+
 def cluster_from_env(env: Mapping[str, str] | None = None) -> Cluster:
     """The allocation from SLURM's variables plus the LTE_* knobs; errors name the variable to fix."""
     env = os.environ if env is None else env
@@ -117,18 +134,20 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> Cluster:
         cpus_per_node=int(cpus) if cpus and cpus.isdigit() else None,
         head_ip=env.get("LTE_RAY_HEAD_IP") or None,
         ray_port=int(env.get("LTE_RAY_PORT", "6379")),
+        ray_temp_dir=env.get("LTE_SLURM_RAY_TEMP_DIR") or f"/tmp/ray-lte-{env.get('SLURM_JOB_ID', '0')}",
         repo=env.get("LTE_REPO") or env.get("SLURM_SUBMIT_DIR") or str(REPO),
         venv=venv,
         container_image=image,
         container_runtime=runtime,
         container_mounts=env.get("LTE_CONTAINER_MOUNTS") or None,
         wait_timeout_s=int(env.get("LTE_RAY_WAIT_S", "900")),
+        extra_env=ray_auth_env(env),
     )
 
 
 def _on_node(cluster: Cluster, node: str, command: list[str], env: dict[str, str] | None = None) -> list[str]:
     """``srun`` one task on ``node`` in the project's runtime (venv or container), in the repository."""
-    env = dict(env or {})
+    env = {**(env or {}), **cluster.extra_env}
     if cluster.venv and not cluster.container_image:
         # The venv's own executables; run_lte.sh picks $VIRTUAL_ENV/bin/python.
         env["VIRTUAL_ENV"] = cluster.venv
@@ -148,9 +167,10 @@ def _on_node(cluster: Cluster, node: str, command: list[str], env: dict[str, str
     return argv + command
 
 
-def _ray_resources(cluster: Cluster) -> list[str]:
+def _ray_node_options(cluster: Cluster) -> list[str]:
     res = [f"--num-gpus={cluster.gpus_per_node}"]
-    return res + ([f"--num-cpus={cluster.cpus_per_node}"] if cluster.cpus_per_node else [])
+    res += [f"--num-cpus={cluster.cpus_per_node}"] if cluster.cpus_per_node else []
+    return [*res, f"--temp-dir={cluster.ray_temp_dir}"]
 
 
 def plan(cluster: Cluster, run_args: list[str]) -> list[Step]:
@@ -174,7 +194,7 @@ def plan(cluster: Cluster, run_args: list[str]) -> list[Step]:
                     "--head",
                     *ip_flag,
                     f"--port={cluster.ray_port}",
-                    *_ray_resources(cluster),
+                    *_ray_node_options(cluster),
                     "--block",
                 ],
             ),
@@ -186,7 +206,9 @@ def plan(cluster: Cluster, run_args: list[str]) -> list[Step]:
             Step(
                 f"ray-worker-{node}",
                 _on_node(
-                    cluster, node, ["ray", "start", f"--address={cluster.address}", *_ray_resources(cluster), "--block"]
+                    cluster,
+                    node,
+                    ["ray", "start", f"--address={cluster.address}", *_ray_node_options(cluster), "--block"],
                 ),
                 background=True,
             )
