@@ -15,8 +15,9 @@
 # Overrides are hydra's, e.g. actor_rollout_ref.model.path=/local/Qwen3-4B-Base trainer.nnodes=2. --no-preflight
 # skips the checklist. Environment: LTE_DATA_DIR (data folder, default ./data; prepared with data_prep when files
 # are missing), LTE_CKPT_DIR (checkpoints, default ./checkpoints), TENSORBOARD_DIR, WANDB_* (no wandb login:
-# offline mode), RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it), LTE_STOP_FILE
-# (once it exists, the run saves and stops at its next step boundary; the same command resumes).
+# offline mode), RAY_ADDRESS (join a running Ray cluster; scripts/slurm_lte.sbatch sets it; the CPU demo joins only
+# with LTE_JOIN_RAY_CLUSTER=1 too), LTE_STOP_FILE (once it exists, the run saves and stops at its next step
+# boundary; the same command resumes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
