@@ -15,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recipe.lte.tools import checklist as C
 from recipe.lte.tools import estimate as E
 from recipe.lte.tools import preflight as P
+from recipe.lte.tools import preflight_gpu as G
 from recipe.lte.tools import preflight_ray as R
 from recipe.lte.tools.gpus import Gpu, GpuQueryError, parse_nvidia_smi, visible
 
@@ -53,26 +55,26 @@ def test_nvidia_smi_output_is_parsed_and_filtered_by_cuda_visible_devices():
 
 
 def test_gpu_check_without_gpus_fails_with_the_layout_and_the_cpu_alternatives():
-    c = P.check_gpus(None, 8, SHAPE_8B, LAYOUT_8B, query_error="nvidia-smi is not on PATH")
-    assert c.status == P.FAIL and "nvidia-smi is not on PATH" in c.message
+    c = G.check_gpus(None, 8, SHAPE_8B, LAYOUT_8B, query_error="nvidia-smi is not on PATH")
+    assert c.status == C.FAIL and "nvidia-smi is not on PATH" in c.message
     assert "8 GPUs of >= 59.2 GiB" in c.fix and "--smoke" in c.fix
 
 
 def test_gpu_check_counts_gpus_against_n_gpus_per_node():
-    c = P.check_gpus(gpus(4), 8, SHAPE_8B, LAYOUT_8B)
-    assert c.status == P.FAIL and "trainer.n_gpus_per_node=8" in c.message and "n_gpus_per_node=4" in c.fix
+    c = G.check_gpus(gpus(4), 8, SHAPE_8B, LAYOUT_8B)
+    assert c.status == C.FAIL and "trainer.n_gpus_per_node=8" in c.message and "n_gpus_per_node=4" in c.fix
 
 
 def test_gpu_check_passes_80gb_gpus_and_lists_the_phases():
-    c = P.check_gpus(gpus(8), 8, SHAPE_8B, LAYOUT_8B)
-    assert c.status == P.OK, c
+    c = G.check_gpus(gpus(8), 8, SHAPE_8B, LAYOUT_8B)
+    assert c.status == C.OK, c
     assert "rollout 59.2 GiB" in c.message and "update" in c.message and "KV cache" in c.message
 
 
 def test_gpu_check_fails_small_gpus_naming_the_phases_and_their_knobs():
-    c = P.check_gpus(gpus(8, total=40 * GIB), 8, SHAPE_8B, LAYOUT_8B)
+    c = G.check_gpus(gpus(8, total=40 * GIB), 8, SHAPE_8B, LAYOUT_8B)
     # 40 GB GPUs: old log-prob (~49 GiB) and update (~42 GiB) are over the limit; rollout scales with the GPU.
-    assert c.status == P.FAIL and "old log-prob, update do(es) not fit" in c.message
+    assert c.status == C.FAIL and "old log-prob, update do(es) not fit" in c.message
     assert "log_prob_max_token_len_per_gpu" in c.fix and "ppo_max_token_len_per_gpu" in c.fix
     assert "gpu_memory_utilization" not in c.fix
 
@@ -80,28 +82,28 @@ def test_gpu_check_fails_small_gpus_naming_the_phases_and_their_knobs():
 def test_gpu_check_warns_when_gpus_are_busy_or_the_peak_is_close():
     busy = gpus(8)
     busy[3] = Gpu(3, busy[3].name, H100, 20 * GIB)
-    c = P.check_gpus(busy, 8, SHAPE_8B, LAYOUT_8B)
-    assert c.status == P.WARN and "GPU 3 20.0 GiB" in c.message
+    c = G.check_gpus(busy, 8, SHAPE_8B, LAYOUT_8B)
+    assert c.status == C.WARN and "GPU 3 20.0 GiB" in c.message
     close = E.Layout(**{**LAYOUT_8B.__dict__, "vllm_fraction": 0.8})  # 0.8 x 79.6 + 11.4 GiB resident > 90%
-    c = P.check_gpus(gpus(8), 8, SHAPE_8B, close)
-    assert c.status == P.WARN and "rollout is within 10%" in c.message and "gpu_memory_utilization" in c.fix
+    c = G.check_gpus(gpus(8), 8, SHAPE_8B, close)
+    assert c.status == C.WARN and "rollout is within 10%" in c.message and "gpu_memory_utilization" in c.fix
 
 
 def test_gpu_check_is_skipped_on_the_cpu_platform():
-    assert P.check_gpus(None, 1, None, None, cpu_platform=True).status == P.SKIP
+    assert G.check_gpus(None, 1, None, None, cpu_platform=True).status == C.SKIP
 
 
 # ---- flash-attn
 
 
 def test_flash_attn_check_imports_for_real_here_and_gives_the_sdpa_override():
-    c = P.check_flash_attn("flash_attention_2", P.probe_flash_attn)
-    if P.probe_flash_attn().imported:  # a GPU environment with a working flash-attn
-        assert c.status == P.OK
+    c = G.check_flash_attn("flash_attention_2", G.probe_flash_attn)
+    if G.probe_flash_attn().imported:  # a GPU environment with a working flash-attn
+        assert c.status == C.OK
     else:  # the CPU environment: no flash-attn, no CUDA in torch
-        assert c.status == P.FAIL and "does not import" in c.message
-        assert P.SDPA_OVERRIDE in c.fix
-    assert P.check_flash_attn("sdpa", P.probe_flash_attn).status == P.SKIP
+        assert c.status == C.FAIL and "does not import" in c.message
+        assert G.SDPA_OVERRIDE in c.fix
+    assert G.check_flash_attn("sdpa", G.probe_flash_attn).status == C.SKIP
 
 
 @pytest.fixture
@@ -126,15 +128,15 @@ def test_flash_attn_probe_catches_a_wheel_built_for_another_torch(fake_flash_att
     interface, forget = fake_flash_attn
     # The compiled extension does not load, as a wheel built for another torch fails.
     interface.write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')\n")
-    probe = P.probe_flash_attn()
+    probe = G.probe_flash_attn()
     assert not probe.imported and "undefined symbol" in probe.error
-    c = P.check_flash_attn("flash_attention_2", lambda: probe)
-    assert c.status == P.FAIL and "undefined symbol" in c.message and P.SDPA_OVERRIDE in c.fix
+    c = G.check_flash_attn("flash_attention_2", lambda: probe)
+    assert c.status == C.FAIL and "undefined symbol" in c.message and G.SDPA_OVERRIDE in c.fix
     # The same package with a loadable extension imports: the check passes and names the versions.
     interface.write_text("")
     forget()
-    c = P.check_flash_attn("flash_attention_2", P.probe_flash_attn)
-    assert c.status == P.OK and "flash-attn 2.8.3" in c.message
+    c = G.check_flash_attn("flash_attention_2", G.probe_flash_attn)
+    assert c.status == C.OK and "flash-attn 2.8.3" in c.message
 
 
 # ---- model
@@ -149,7 +151,7 @@ def model_copy(tmp_path, tiny_model_dir) -> Path:
 
 def test_model_check_accepts_a_complete_local_folder(model_copy):
     c = P.check_model(str(model_copy), {})
-    assert c.status == P.OK and "chat template" in c.message
+    assert c.status == C.OK and "chat template" in c.message
 
 
 def test_model_check_names_a_missing_chat_template(model_copy):
@@ -159,7 +161,7 @@ def test_model_check_names_a_missing_chat_template(model_copy):
     for name in ("chat_template.jinja", "chat_template.json"):
         (model_copy / name).unlink(missing_ok=True)
     c = P.check_model(str(model_copy), {})
-    assert c.status == P.FAIL and "chat template" in c.message
+    assert c.status == C.FAIL and "chat template" in c.message
 
 
 def test_model_check_names_a_missing_weight_shard(model_copy):
@@ -167,7 +169,7 @@ def test_model_check_names_a_missing_weight_shard(model_copy):
     index = {"weight_map": {"a": weights.name, "b": "model-00002-of-00002.safetensors"}}
     (model_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     c = P.check_model(str(model_copy), {})
-    assert c.status == P.FAIL and "model-00002-of-00002.safetensors" in c.message
+    assert c.status == C.FAIL and "model-00002-of-00002.safetensors" in c.message
 
 
 def _cache_with(cache: Path, repo_id: str, folder: Path) -> Path:
@@ -184,13 +186,13 @@ def test_model_check_for_a_hub_id_offline(tmp_path, model_copy):
     cache = tmp_path / "hub"
     cache.mkdir()
     c = P.check_model("Qwen/Qwen3-8B-Base", {"HF_HUB_CACHE": str(cache)})
-    assert c.status == P.FAIL and "not in the Hugging Face cache" in c.message
+    assert c.status == C.FAIL and "not in the Hugging Face cache" in c.message
     assert "hf download Qwen/Qwen3-8B-Base" in c.fix and "actor_rollout_ref.model.path=" in c.fix
     snapshot = _cache_with(cache, "Qwen/Qwen3-8B-Base", model_copy)
     c = P.check_model("Qwen/Qwen3-8B-Base", {"HF_HUB_CACHE": str(cache)})
-    assert c.status == P.WARN and f"actor_rollout_ref.model.path={snapshot}" in c.fix
+    assert c.status == C.WARN and f"actor_rollout_ref.model.path={snapshot}" in c.fix
     c = P.check_model("Qwen/Qwen3-8B-Base", {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
-    assert c.status == P.OK
+    assert c.status == C.OK
 
 
 # ---- data
@@ -204,16 +206,16 @@ def test_data_check_reads_real_parquet_and_plans_builds(tmp_path):
     buildable = P._buildable()
     assert {"openr1", "benchmarks_val", "math500"} <= buildable
     c = P.check_data(files[:1], str(data), buildable, {})
-    assert c.status == P.OK and "openr1.parquet (3 rows)" in c.message
+    assert c.status == C.OK and "openr1.parquet (3 rows)" in c.message
     c = P.check_data(files, str(data), buildable, {})
-    assert c.status == P.WARN and "benchmarks_val" in c.message and "python -m data_prep benchmarks" in c.fix
+    assert c.status == C.WARN and "benchmarks_val" in c.message and "python -m data_prep benchmarks" in c.fix
     c = P.check_data(files, str(data), buildable, {"HF_HUB_OFFLINE": "1"})
-    assert c.status == P.FAIL and "cannot be downloaded" in c.message
+    assert c.status == C.FAIL and "cannot be downloaded" in c.message
     (data / "broken.parquet").write_text("not parquet")
     c = P.check_data([str(data / "broken.parquet")], str(data), buildable, {})
-    assert c.status == P.FAIL and "not readable parquet" in c.message
+    assert c.status == C.FAIL and "not readable parquet" in c.message
     c = P.check_data([str(tmp_path / "elsewhere" / "x.parquet")], str(data), buildable, {})
-    assert c.status == P.FAIL and "is missing" in c.message
+    assert c.status == C.FAIL and "is missing" in c.message
 
 
 # ---- disk
@@ -233,15 +235,15 @@ def test_disk_check_against_the_real_free_space(tmp_path):
         params=free // 48,
     )
     c = P.check_disk(str(ckpt), fits, free)
-    assert c.status == P.OK and "up to 2 checkpoint(s) at once" in c.message
+    assert c.status == C.OK and "up to 2 checkpoint(s) at once" in c.message
     too_big = P.CheckpointPlan(**{**fits.__dict__, "bytes_each": free // 2 + 1})
     c = P.check_disk(str(ckpt), too_big, free)
-    assert c.status == P.FAIL and "first is at step 50" in c.message and "max_actor_ckpt_to_keep" in c.fix
+    assert c.status == C.FAIL and "first is at step 50" in c.message and "max_actor_ckpt_to_keep" in c.fix
     c = P.check_disk(str(ckpt), fits, free, nnodes=2, fs_type="ext4")
-    assert c.status == P.WARN and "all nodes share" in c.fix
-    assert P.check_disk(str(ckpt), fits, free, nnodes=2, fs_type="nfs4").status == P.OK
+    assert c.status == C.WARN and "all nodes share" in c.fix
+    assert P.check_disk(str(ckpt), fits, free, nnodes=2, fs_type="nfs4").status == C.OK
     no_saves = P.CheckpointPlan(**{**fits.__dict__, "saves": 0, "on_disk": 0})
-    assert P.check_disk(str(ckpt), no_saves, free).status == P.OK
+    assert P.check_disk(str(ckpt), no_saves, free).status == C.OK
 
 
 def test_filesystem_type_from_proc_mounts():
@@ -258,17 +260,17 @@ def test_filesystem_type_from_proc_mounts():
 def test_logger_check_modes_credentials_and_forwarding(tmp_path):
     wandb = ["console", "wandb"]
     off = {"WANDB_MODE": "offline"}
-    assert P.check_logger(["console"], {}, {}, False, False).status == P.OK
-    assert P.check_logger(wandb, off, off, False, True).status == P.OK
+    assert P.check_logger(["console"], {}, {}, False, False).status == C.OK
+    assert P.check_logger(wandb, off, off, False, True).status == C.OK
     c = P.check_logger(wandb, off, {}, False, True)  # set here, not sent to the workers
-    assert c.status == P.FAIL and "runtime_env.env_vars.WANDB_MODE=offline" in c.fix
+    assert c.status == C.FAIL and "runtime_env.env_vars.WANDB_MODE=offline" in c.fix
     c = P.check_logger(wandb, {}, {}, False, False)
-    assert c.status == P.FAIL and "no wandb credentials" in c.message and "WANDB_MODE=offline" in c.fix
+    assert c.status == C.FAIL and "no wandb credentials" in c.message and "WANDB_MODE=offline" in c.fix
     key = {"WANDB_API_KEY": "k"}
-    assert P.check_logger(wandb, key, {}, False, False).status == P.OK
+    assert P.check_logger(wandb, key, {}, False, False).status == C.OK
     c = P.check_logger(wandb, key, {}, False, True)  # a key from this shell only, on a joined cluster
-    assert c.status == P.WARN and "another node" in c.message
-    assert P.check_logger(wandb, {}, {}, True, True).status == P.OK  # wandb login (netrc)
+    assert c.status == C.WARN and "another node" in c.message
+    assert P.check_logger(wandb, {}, {}, True, True).status == C.OK  # wandb login (netrc)
     netrc = tmp_path / ".netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password abc\n")
     assert P.netrc_has_host(netrc, "api.wandb.ai") and not P.netrc_has_host(tmp_path / "none", "api.wandb.ai")
@@ -291,15 +293,15 @@ def test_the_entry_point_forwards_the_logger_mode_to_ray_workers():
 def test_ray_check_on_node_reports():
     good = R.NodeReport("10.0.0.1", 8, {"WANDB_MODE": "offline"}, "0.9.1", True)
     expected = {"WANDB_MODE": "offline"}
-    assert R.check_ray_cluster(None, None, 1, 8, expected, "0.9.1").status == P.SKIP
+    assert R.check_ray_cluster(None, None, 1, 8, expected, "0.9.1").status == C.SKIP
     c = R.check_ray_cluster("h:6379", None, 1, 8, expected, "0.9.1", "ConnectionError: refused")
-    assert c.status == P.FAIL and "refused" in c.message
-    assert R.check_ray_cluster("h:6379", [good, good], 2, 8, expected, "0.9.1").status == P.OK
+    assert c.status == C.FAIL and "refused" in c.message
+    assert R.check_ray_cluster("h:6379", [good, good], 2, 8, expected, "0.9.1").status == C.OK
     c = R.check_ray_cluster("h:6379", [good], 2, 8, expected, "0.9.1")
-    assert c.status == P.FAIL and "trainer.nnodes=2" in c.message
+    assert c.status == C.FAIL and "trainer.nnodes=2" in c.message
     bad = R.NodeReport("10.0.0.2", 8, {"WANDB_MODE": None}, "0.9.0", False)
     c = R.check_ray_cluster("h:6379", [good, bad], 2, 8, expected, "0.9.1")
-    assert c.status == P.FAIL
+    assert c.status == C.FAIL
     assert (
         "recipe.lte is not importable" in c.message and "verl 0.9.0" in c.message and "'WANDB_MODE': None" in c.message
     )
@@ -321,16 +323,16 @@ def test_run_checks_on_a_preset_here(tmp_path, monkeypatch):
 
     report = P.run_checks("qwen3-8b-lte", overrides, gpu_query=no_gpu)
     status = {c.name: c.status for c in report.checks}
-    flash = P.OK if P.probe_flash_attn().imported else P.FAIL  # really imported (fails in the CPU environment)
+    flash = C.OK if G.probe_flash_attn().imported else C.FAIL  # really imported (fails in the CPU environment)
     assert status == {
-        "config": P.OK,
-        "gpus": P.FAIL,
+        "config": C.OK,
+        "gpus": C.FAIL,
         "flash-attn": flash,
-        "model": P.FAIL,
-        "data": P.WARN,
+        "model": C.FAIL,
+        "data": C.WARN,
         "disk": status["disk"],
-        "logger": P.OK,
-        "ray": P.SKIP,
+        "logger": C.OK,
+        "ray": C.SKIP,
     }
     assert "8.19B parameters" in report.title
     text = report.format()
