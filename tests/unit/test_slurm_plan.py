@@ -277,6 +277,14 @@ def test_sigterm_stops_the_train_step_and_the_nodes_without_requeue(tmp_path):
     assert time.monotonic() - t0 < 30  # the background "node" was stopped, not waited for
 
 
+def test_the_train_step_asks_a_cpu_run_to_join_the_cluster():
+    from recipe.lte.demo.run import JOIN_ENV, joins_ray_cluster
+
+    train = _by_name(plan(cluster_from_env(FAKE), []))["train"].argv
+    exported = dict(kv.split("=", 1) for kv in train[5].removeprefix("--export=").split(",")[1:])
+    assert exported[JOIN_ENV] == "1" and joins_ray_cluster(exported)  # the name the CPU demo reads
+
+
 def test_every_step_uses_token_auth_when_the_head_will(tmp_path):
     # Ray 2.60's head turns token auth on when it finds a token; worker nodes and drivers use it only when told.
     token = tmp_path / ".ray" / "auth_token"
