@@ -107,10 +107,10 @@ class _Worker:
         self.proc.join(timeout=5)
 
 
-def _name(fn: Callable | None) -> str | None:
-    if fn is None or not hasattr(fn, "__qualname__"):
-        return None if fn is None else repr(fn)
-    return f"{fn.__module__}.{fn.__qualname__}"
+def _name(fn: Callable | None) -> str:
+    """``module.qualname`` of a function; the repr of anything else (a partial, None)."""
+    qualname = getattr(fn, "__qualname__", None)
+    return f"{fn.__module__}.{qualname}" if qualname else repr(fn)
 
 
 def _default_context() -> multiprocessing.context.BaseContext:
