@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixtures.run_folder import assert_checkpoint_intact, cmdline, latest_step
 
 from recipe.lte.tools.processes import kill_run, run_pids
 
@@ -36,14 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 1500  # for a run to reach a point (startup takes minutes on 2 busy cores)
 END_S = 300  # a failed or stopped run must be over within this ("within minutes")
 STEPS = 4  # never reached: every run of the chain is ended early
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _ids(tag: str) -> tuple[str, str]:
@@ -89,7 +82,7 @@ class Run:
         return run_pids(self.run_id, [self.ray_temp_dir])
 
     def find(self, prefix: str) -> list[int]:
-        return [pid for pid in self.pids() if _cmdline(pid).startswith(prefix)]
+        return [pid for pid in self.pids() if cmdline(pid).startswith(prefix)]
 
     def wait_until(self, what: str, cond: Callable[[], bool], timeout: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -123,7 +116,7 @@ def _assert_no_leftovers(run: Run, launcher_cleans_up: bool = True) -> None:
     deadline = time.monotonic() + 30
     while run.pids() and time.monotonic() < deadline:
         time.sleep(1)
-    left = {pid: _cmdline(pid)[:100] for pid in run.pids()}
+    left = {pid: cmdline(pid)[:100] for pid in run.pids()}
     assert not left, f"processes of the run are still alive after it ended: {left}"
     if launcher_cleans_up:
         assert not Path(run.ray_temp_dir).exists(), "the run's Ray temp dir was not removed"
@@ -133,18 +126,6 @@ def _agents(run: Run) -> list[int]:
     return run.find("ray::DashboardAgent") + run.find("ray::RuntimeEnvAgent")
 
 
-def _latest(run_dir: Path) -> int:
-    path = run_dir / "latest_checkpointed_iteration.txt"
-    return int(path.read_text().strip()) if path.exists() else 0
-
-
-def _assert_checkpoint_intact(run_dir: Path, step: int) -> None:
-    assert _latest(run_dir) == step
-    actor = run_dir / f"global_step_{step}" / "actor"
-    for name in ("model_world_size_1_rank_0.pt", "optim_world_size_1_rank_0.pt", "extra_state_world_size_1_rank_0.pt"):
-        assert (actor / name).stat().st_size > 0, f"{actor / name} is missing or empty"
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, demo_build: Path) -> dict:
     out = tmp_path_factory.mktemp("failures")
@@ -152,16 +133,16 @@ def chain(tmp_path_factory, demo_build: Path) -> dict:
 
 
 def _needs_checkpoint(chain: dict, step: int) -> None:
-    if _latest(chain["run_dir"]) != step:
+    if latest_step(chain["run_dir"]) != step:
         pytest.skip(f"the run before left no checkpoint of step {step} to resume from (see its failure)")
 
 
 def test_1_a_dead_vllm_engine_ends_the_run_with_its_name_and_nothing_left(chain):
     run = Run.run_lte_sh(chain["out"], chain["build"], "engine")
     try:
-        run.wait_until("the checkpoint of step 1", lambda: _latest(chain["run_dir"]) == 1)
+        run.wait_until("the checkpoint of step 1", lambda: latest_step(chain["run_dir"]) == 1)
         workers = run.find("VLLM::Worker")
-        assert len(workers) == 1, {pid: _cmdline(pid) for pid in run.pids()}
+        assert len(workers) == 1, {pid: cmdline(pid) for pid in run.pids()}
         os.kill(workers[0], signal.SIGKILL)  # as the OOM killer or a CUDA error would end it
         rc, took = run.ended_within(END_S)
     finally:
@@ -172,7 +153,8 @@ def test_1_a_dead_vllm_engine_ends_the_run_with_its_name_and_nothing_left(chain)
     assert "[LTE watchdog] the vLLM engine of rollout replica 0 (server actor vllm_server_0_0" in text, run.tail()
     assert "its /health answers 503" in text and "resumes from the last checkpoint" in text, run.tail()
     _assert_no_leftovers(run)
-    _assert_checkpoint_intact(chain["run_dir"], 1)
+    assert latest_step(chain["run_dir"]) == 1
+    assert_checkpoint_intact(chain["run_dir"], 1)
 
 
 def test_2_sigterm_to_the_trainer_itself_ends_every_process_of_the_run(chain):

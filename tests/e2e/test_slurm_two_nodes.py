@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.run_folder import assert_checkpoint_intact, cmdline, latest_step
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "slurm_standin"  # srun's stand-in: the only thing not real here
@@ -58,10 +59,6 @@ def _read(path: str) -> bytes:
         return b""
 
 
-def _cmdline(pid: int) -> str:
-    return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
-
-
 def _ppid(pid: int) -> int:
     stat = _read(f"/proc/{pid}/stat").decode(errors="replace")
     return int(stat.rsplit(")", 1)[1].split()[1]) if ")" in stat else 0
@@ -71,19 +68,6 @@ def _marked(mark: str) -> list[int]:
     """The processes whose environment carries ``MARK=mark``."""
     needle = f"{MARK}={mark}".encode()
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and needle in _read(f"/proc/{p}/environ").split(b"\0")]
-
-
-def _latest(run_dir: Path) -> int:
-    path = run_dir / "latest_checkpointed_iteration.txt"
-    return int(path.read_text().strip()) if path.exists() else 0
-
-
-def _assert_two_rank_checkpoint(run_dir: Path, step: int) -> None:
-    actor = run_dir / f"global_step_{step}" / "actor"
-    for rank in (0, 1):
-        for kind in ("model", "optim", "extra_state"):
-            path = actor / f"{kind}_world_size_2_rank_{rank}.pt"
-            assert path.exists() and path.stat().st_size > 0, f"{path} is missing or empty"
 
 
 class Job:
@@ -147,7 +131,7 @@ class Job:
         deadline = time.monotonic() + 60
         while _marked(self.mark) and time.monotonic() < deadline:
             time.sleep(1)
-        left = {pid: _cmdline(pid)[:100] for pid in _marked(self.mark)}
+        left = {pid: cmdline(pid)[:100] for pid in _marked(self.mark)}
         assert not left, f"processes of the job are still alive after it ended: {left}"
 
     def cleanup(self) -> None:
@@ -177,17 +161,17 @@ def chain(tmp_path_factory, demo_build: Path):
 
 def _rank_workers(job: Job) -> dict[int, int]:
     """verl's FSDP worker processes of the job (``ray::WorkerDict``), each with its parent (its node's raylet)."""
-    return {pid: _ppid(pid) for pid in _marked(job.mark) if _cmdline(pid).startswith("ray::WorkerDict")}
+    return {pid: _ppid(pid) for pid in _marked(job.mark) if cmdline(pid).startswith("ray::WorkerDict")}
 
 
 def test_1_a_two_node_job_trains_on_both_nodes_and_leaves_nothing_running(chain):
     job = Job(chain, steps=2, tag="job1")
     try:
-        job.wait_until("the checkpoint of step 1", lambda: _latest(chain["run_dir"]) >= 1)
+        job.wait_until("the checkpoint of step 1", lambda: latest_step(chain["run_dir"]) >= 1)
         workers = _rank_workers(job)
         raylets = set(workers.values())
-        assert len(workers) == 2 and len(raylets) == 2, {p: _cmdline(p)[:80] for p in [*workers, *raylets]}
-        assert all("raylet" in _cmdline(r) for r in raylets), {r: _cmdline(r)[:120] for r in raylets}
+        assert len(workers) == 2 and len(raylets) == 2, {p: cmdline(p)[:80] for p in [*workers, *raylets]}
+        assert all("raylet" in cmdline(r) for r in raylets), {r: cmdline(r)[:120] for r in raylets}
         rc = job.wait(WAIT_S)
     finally:
         job.cleanup()
@@ -196,18 +180,18 @@ def test_1_a_two_node_job_trains_on_both_nodes_and_leaves_nothing_running(chain)
     assert ",RAY_AUTH_MODE=token" in text and "InvalidAuthToken" not in text, job.tail()  # every node with the token
     assert f"[slurm] Ray cluster 127.0.0.1:{chain['port']}: 2 GPUs" in text, job.tail()
     assert "trainer.nnodes=2 trainer.n_gpus_per_node=1" in text and "[LTE step 2]" in text, job.tail()
-    _assert_two_rank_checkpoint(chain["run_dir"], 1)
-    _assert_two_rank_checkpoint(chain["run_dir"], 2)
-    assert _latest(chain["run_dir"]) == 2
+    assert_checkpoint_intact(chain["run_dir"], 1, world_size=2)
+    assert_checkpoint_intact(chain["run_dir"], 2, world_size=2)
+    assert latest_step(chain["run_dir"]) == 2
     job.assert_nothing_left()
 
 
 def test_2_the_resubmitted_job_resumes_the_2_rank_checkpoint_and_scancel_leaves_nothing(chain):
-    if _latest(chain["run_dir"]) != 2:
+    if latest_step(chain["run_dir"]) != 2:
         pytest.skip("the job before left no checkpoint of step 2 to resume from (see its failure)")
     job = Job(chain, steps=4, tag="job2")
     try:
-        job.wait_until("the checkpoint of step 3", lambda: _latest(chain["run_dir"]) == 3)
+        job.wait_until("the checkpoint of step 3", lambda: latest_step(chain["run_dir"]) == 3)
         job.proc.send_signal(signal.SIGTERM)  # scancel: SLURM signals the batch script (exec'd into the launcher)
         t0 = time.monotonic()
         rc = job.wait(END_S)
@@ -220,5 +204,5 @@ def test_2_the_resubmitted_job_resumes_the_2_rank_checkpoint_and_scancel_leaves_
     assert "[LTE step 3]" in text and "[LTE step 1]" not in text, job.tail()
     assert rc == 128 + signal.SIGTERM, job.tail()
     assert "[slurm] SIGTERM received: stopping the job's steps" in text, job.tail()
-    _assert_two_rank_checkpoint(chain["run_dir"], 3)
+    assert_checkpoint_intact(chain["run_dir"], 3, world_size=2)
     job.assert_nothing_left()
