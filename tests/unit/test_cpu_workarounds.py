@@ -234,3 +234,18 @@ def test_the_demo_joins_with_the_users_node_count(tiny_model_dir: str, monkeypat
     monkeypatch.delenv("LTE_JOIN_RAY_CLUSTER")
     with pytest.raises(ValueError, match="trainer.nnodes=2 on CPU needs a Ray cluster"):
         train_command(["trainer.nnodes=2"], "/tmp/lte-ray-x", tiny_model_dir)
+
+
+def test_the_demo_refuses_a_bad_layout_at_start_up_before_building(monkeypatch, capsys) -> None:
+    from recipe.lte.demo import run
+
+    monkeypatch.setattr(run, "run", lambda *a: pytest.fail("the demo started although its layout is refused"))
+    monkeypatch.delenv("LTE_JOIN_RAY_CLUSTER", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["trainer.nnodes=2"])
+    assert exit_info.value.code == 2
+    assert "trainer.nnodes=2 on CPU needs a Ray cluster of 2 nodes to join" in capsys.readouterr().err
+    monkeypatch.setenv("LTE_JOIN_RAY_CLUSTER", "yes")
+    with pytest.raises(SystemExit):
+        run.main([])
+    assert "LTE_JOIN_RAY_CLUSTER='yes': set it to 1" in capsys.readouterr().err

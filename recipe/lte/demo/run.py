@@ -137,17 +137,18 @@ def platform_overrides(overrides: list[str], ray_temp_dir: str, model_dir: str) 
         max_model_len=_last_value(overrides, "actor_rollout_ref.rollout.max_model_len", max_model_len()),
         max_num_seqs=_last_value(overrides, "actor_rollout_ref.rollout.max_num_seqs", MAX_NUM_SEQS),
     )
-    # Data-parallel ranks (trainer.n_gpus_per_node=2: two FSDP workers over gloo, two vLLM replicas, each with the
-    # cache above): Ray gets one logical GPU per rank.
-    ranks = _last_value(overrides, "trainer.n_gpus_per_node", 1)
-    nnodes = _last_value(overrides, "trainer.nnodes", 1)
-    return cpu_overrides(
-        ray_temp_dir=ray_temp_dir,
-        kv_cache_bytes=kv_bytes,
-        n_gpus_per_node=ranks,
-        nnodes=nnodes,
-        join_cluster=joins_ray_cluster(),
-    )
+    return cpu_overrides(ray_temp_dir=ray_temp_dir, kv_cache_bytes=kv_bytes, **cpu_layout(overrides))
+
+
+def cpu_layout(overrides: list[str]) -> dict:
+    """``cpu_overrides``' layout arguments for a run with ``overrides``: data-parallel ranks per node
+    (trainer.n_gpus_per_node=2: two FSDP workers over gloo, two vLLM replicas; Ray gets one logical GPU per rank),
+    nodes, and whether to join a running cluster. Raises ValueError naming what to fix."""
+    return {
+        "n_gpus_per_node": _last_value(overrides, "trainer.n_gpus_per_node", 1),
+        "nnodes": _last_value(overrides, "trainer.nnodes", 1),
+        "join_cluster": joins_ray_cluster(),
+    }
 
 
 def joins_ray_cluster(env: dict[str, str] | None = None) -> bool:
@@ -328,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown options {bad}; hydra overrides look like key=value")
     if args.steps < 1:
         p.error("--steps must be >= 1")
+    from verl_ext.cpu.env import cpu_overrides
+
+    try:  # the layout and the cluster to join, checked before the demo build's minutes
+        cpu_overrides(**cpu_layout(overrides))
+    except ValueError as e:
+        p.error(str(e))
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
     try:
